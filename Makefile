@@ -1,0 +1,54 @@
+# SystemHealer — `make demo` runs the main job, `make test` runs the tests (each sets up first).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+export SYSTEMHEALER_HOME ?= $(CURDIR)/.systemhealer
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint format bench serve mlflow-ui clean browser
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: pip then takes the local CPU wheel, not a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP) ## venv + pinned install
+
+demo: setup ## validate, train, register, score the shipped data, then serve
+	bash scripts/demo.sh
+
+test: setup ## the whole test suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: setup ## unit tests only
+	$(BIN)/pytest -m "not integration and not browser" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src flows tests
+	$(BIN)/ruff format --check src flows tests
+
+format: setup
+	$(BIN)/ruff format src flows tests
+	$(BIN)/ruff check --fix src flows tests
+
+bench: setup ## benchmark tables (serving, batch scoring)
+	$(BIN)/python -m benchmarks.run
+
+serve: setup
+	$(BIN)/systemhealer serve
+
+mlflow-ui: setup ## the MLflow UI on the embedded store, http://127.0.0.1:5000
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(SYSTEMHEALER_HOME)/mlflow.db \
+		--default-artifact-root $(SYSTEMHEALER_HOME)/mlartifacts --host 127.0.0.1 --port 5000
+
+browser: ## Debian's headless Chromium for the browser tests (needs root)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+clean:
+	rm -rf $(SYSTEMHEALER_HOME) out

@@ -1,0 +1,1 @@
+"""Prefect flows: thin shells that call the library's stages as tasks."""

@@ -1,0 +1,65 @@
+"""The training flow: validate → prepare → train → evaluate → register → gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+from systemhealer import pipeline, tracking
+from systemhealer.config import Settings, load_settings
+from systemhealer.training import EpochCallback, prepare_training_data
+
+
+@task(name="validate")
+def validate(path: str, settings: Settings):  # type: ignore[no-untyped-def]
+    return pipeline.validate_training_file(path, settings)
+
+
+@task(name="preprocess")
+def preprocess(frame, settings: Settings, source: str):  # type: ignore[no-untyped-def]
+    prepared = prepare_training_data(frame, settings)
+    pipeline.log_training_context(prepared, settings, source)
+    return prepared
+
+
+@task(name="train")
+def train(prepared, settings: Settings, on_epoch: EpochCallback | None, show_progress: bool):  # type: ignore[no-untyped-def]
+    return pipeline.fit_model(prepared, settings, on_epoch, show_progress)
+
+
+@task(name="evaluate")
+def evaluate(prepared, diagnoser, result, settings: Settings):  # type: ignore[no-untyped-def]
+    return pipeline.evaluate_candidate(prepared, diagnoser, result, settings)
+
+
+# The registry is a database that another process may hold for a moment: retry.
+@task(name="register", retries=2, retry_delay_seconds=2)
+def register(diagnoser, prepared, candidate, settings: Settings, run_id: str):  # type: ignore[no-untyped-def]
+    return pipeline.log_and_register(diagnoser, prepared, candidate, settings, run_id)
+
+
+@task(name="gate", retries=2, retry_delay_seconds=2)
+def gate(version, candidate, prepared, settings: Settings):  # type: ignore[no-untyped-def]
+    return pipeline.apply_gate(version, candidate, prepared, settings)
+
+
+@flow(name="training", log_prints=True)
+def training_flow(
+    path: str,
+    config_file: str | None = None,
+    show_progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Train a fault-diagnosis model on a labelled file and register it behind the gate."""
+    settings = load_settings(config_file)
+    with tracking.training_run(settings, run_name=f"train-{Path(path).stem}") as run_id:
+        _, frame = validate(path, settings)
+        prepared = preprocess(frame, settings, path)
+        result = train(prepared, settings, on_epoch, show_progress)
+        diagnoser = pipeline.build_diagnoser(prepared, result, settings)
+        candidate = evaluate(prepared, diagnoser, result, settings)
+        version = register(diagnoser, prepared, candidate, settings, run_id)
+        decision = gate(version, candidate, prepared, settings)
+        return pipeline.summary(run_id, version, candidate, decision, result)

@@ -1,0 +1,220 @@
+"""The ``systemhealer`` command line: thin commands over the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from systemhealer.config import Settings, load_settings
+from systemhealer.errors import SystemHealerError
+
+app = typer.Typer(
+    name="systemhealer",
+    help="Fault diagnosis for distributed systems: validate, train, register, predict, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML config file.", exists=False)
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def _echo_json(payload: object) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+@app.command()
+def validate(
+    path: Annotated[Path, typer.Argument(help="CSV or Parquet file of incidents.")],
+    training: Annotated[
+        bool | None,
+        typer.Option(
+            "--training/--incidents",
+            help="Validate as labelled training data (default: if it has a label column).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Check a file against the data contract; drift against the champion's training profile."""
+    from systemhealer import validation
+    from systemhealer.data import LABEL, read_incidents
+
+    settings = _settings(config)
+    profile = _champion_profile(settings)
+    try:
+        raw = read_incidents(path)
+    except SystemHealerError as exc:
+        report = validation.ValidationReport(source=str(path), rows=0, columns=0, checks_run=1)
+        report.issues.append(validation.ValidationIssue("readable", str(exc), True))
+    else:
+        require_label = training if training is not None else LABEL in map(str, raw.columns)
+        report, _ = validation.validate_frame(raw, str(path), settings.data, require_label, profile)
+    typer.echo(report.to_json() if as_json else report.to_text())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _champion_profile(settings: Settings):  # type: ignore[no-untyped-def]
+    """The champion's training profile for drift warnings, if there is a champion."""
+    from systemhealer import tracking
+
+    try:
+        if tracking.champion(settings) is None:
+            return None
+        diagnoser, _ = tracking.load_diagnoser(settings)
+    except SystemHealerError:
+        return None
+    return diagnoser.profile
+
+
+@app.command()
+def train(
+    path: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file of incidents.")],
+    config: ConfigOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Validate, train, evaluate, register; the gate decides whether it becomes champion."""
+    from systemhealer.orchestration import prepare_prefect
+
+    settings = _settings(config)
+    prepare_prefect(settings)
+    from flows.training import training_flow
+
+    outcome = training_flow(str(path), str(config) if config else None, show_progress=progress)
+    verdict = "promoted to champion" if outcome["promoted"] else "registered, NOT promoted"
+    typer.echo(
+        f"model version {outcome['model_version']} {verdict}: {outcome['gate_reason']}\n"
+        f"evaluation macro-F1 {outcome['eval_macro_f1']:.4f}, accuracy {outcome['eval_accuracy']:.4f}, "
+        f"{outcome['epochs']} epochs in {outcome['train_seconds']} s; MLflow run {outcome['run_id']}"
+    )
+
+
+@app.command()
+def predict(
+    path: Annotated[Path, typer.Argument(help="CSV or Parquet file of incidents.")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Where to write the diagnoses (.csv or .parquet)."),
+    ],
+    model_uri: Annotated[
+        str | None, typer.Option("--model-uri", help="MLflow model URI (default: the champion).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Diagnose every incident of a file with the champion (or ``--model-uri``)."""
+    from systemhealer import scoring, tracking
+
+    settings = _settings(config)
+    diagnoser, version = tracking.load_diagnoser(settings, model_uri)
+    summary = scoring.score_file(path, output, diagnoser, settings)
+    which = f"version {version.version}" if version else model_uri
+    typer.echo(
+        f"{summary.rows} incidents diagnosed with {which} "
+        f"(deployment statistics: {summary.deployment}) → {summary.output}\n"
+        f"predicted fault classes: {summary.class_counts}"
+    )
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registered model version to make champion.")],
+    config: ConfigOption = None,
+) -> None:
+    """Move the champion alias to VERSION by hand."""
+    from systemhealer import tracking
+
+    settings = _settings(config)
+    tracking.set_champion(settings, version)
+    typer.echo(f"version {version} is now {settings.model_uri}")
+
+
+@app.command()
+def rollback(config: ConfigOption = None) -> None:
+    """Move the champion alias back to the previous champion."""
+    from systemhealer import tracking
+
+    settings = _settings(config)
+    before, after = tracking.rollback_champion(settings)
+    typer.echo(f"champion rolled back from version {before} to version {after}")
+
+
+@app.command()
+def models(
+    config: ConfigOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """List registered versions with their evaluation scores and gate decisions."""
+    from systemhealer import tracking
+
+    settings = _settings(config)
+    versions = tracking.list_versions(settings)
+    if as_json:
+        _echo_json([v.to_dict() for v in versions])
+        return
+    if not versions:
+        typer.echo(f"no versions of '{settings.registry.model_name}' registered yet")
+    for v in versions:
+        alias = " (champion)" if settings.registry.champion_alias in v.aliases else ""
+        typer.echo(
+            f"v{v.version}{alias}: eval macro-F1 {v.tags.get('eval_macro_f1', '?')}, "
+            f"gate {v.tags.get('gate', '?')} — {v.tags.get('gate_reason', '')}"
+        )
+
+
+@app.command()
+def info(config: ConfigOption = None) -> None:
+    """Where the state, the MLflow store and the champion are."""
+    from systemhealer import tracking
+
+    settings = _settings(config)
+    current = tracking.champion(settings)
+    _echo_json(
+        {
+            "home": str(settings.home),
+            "mlflow_tracking_uri": settings.tracking_uri,
+            "prefect_api_url": settings.prefect_api_url or "(temporary local server)",
+            "model": settings.model_uri,
+            "champion_version": current.version if current else None,
+        }
+    )
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and an exit code, no traceback."""
+    try:
+        app(standalone_mode=False)
+    except SystemHealerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("SYSTEMHEALER_DEBUG"):
+            raise
+        typer.echo(
+            f"internal error: {type(exc).__name__}: {exc} (set SYSTEMHEALER_DEBUG=1 for a traceback)",
+            err=True,
+        )
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

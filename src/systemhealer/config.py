@@ -1,0 +1,193 @@
+"""Typed settings: defaults here, overridden by a YAML config file, overridden by environment.
+
+Environment variables: ``SYSTEMHEALER_HOME`` (state folder), ``SYSTEMHEALER_CONFIG`` (YAML file),
+``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``, and nested fields as
+``SYSTEMHEALER_TRAINING__MAX_EPOCHS=50``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from systemhealer.errors import ConfigError
+
+N_KPI_FEATURES = 107
+FAULT_CLASSES = (0, 1, 2, 3, 4, 5)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataSettings(_Section):
+    """The data contract: what a file of incidents must look like."""
+
+    min_training_rows: int = Field(50, ge=2)
+    min_fault_classes: int = Field(2, ge=2)
+    # Columns that look like configuration values: they differ between deployments.
+    config_like_columns: tuple[str, ...] = (
+        "feature1", "feature20", "feature32", "feature54", "feature60", "feature64",
+        "feature65", "feature78", "feature80", "feature88", "feature92",
+    )  # fmt: skip
+    drift_mostly: float = Field(0.9, gt=0, le=1)
+    max_example_rows: int = Field(5, ge=1)
+
+
+class PreprocessingSettings(_Section):
+    """How raw KPI features become network inputs."""
+
+    drop_config_like: bool = True
+    clip: float = Field(8.0, gt=0)
+    balance_reference: bool = True
+
+
+class TrainingSettings(_Section):
+    """The MLP and its optimisation."""
+
+    hidden_sizes: tuple[int, ...] = (256, 128)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(128, ge=8)
+    max_epochs: int = Field(150, ge=1)
+    patience: int = Field(20, ge=1)
+    class_weighted: bool = True
+    label_smoothing: float = Field(0.05, ge=0, lt=1)
+    seed: int = 42
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    evaluation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    torch_threads: int = Field(0, ge=0, description="0 = torch default")
+
+
+class RegistrySettings(_Section):
+    """MLflow names."""
+
+    model_name: str = "fault-diagnosis"
+    champion_alias: str = "champion"
+    experiment_name: str = "fault-diagnosis"
+
+
+class ServingSettings(_Section):
+    """The BentoML service."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    max_batch_incidents: int = Field(10_000, ge=1)
+    max_body_mb: float = Field(64, gt=0)
+    max_upload_mb: float = Field(200, gt=0)
+    model_poll_seconds: float = Field(5.0, gt=0)
+    api_token: str | None = None
+    class_names: tuple[str, ...] = tuple(f"Class {c}" for c in FAULT_CLASSES)
+
+
+class ScheduleSettings(_Section):
+    """Scheduled retraining and drift checks."""
+
+    retrain_cron: str = "0 2 * * *"
+    drift_cron: str = "30 * * * *"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+
+
+class ScoringSettings(_Section):
+    """Batch scoring."""
+
+    chunk_rows: int = Field(50_000, ge=1)
+
+
+class Settings(BaseSettings):
+    """Every setting of SystemHealer, frozen once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SYSTEMHEALER_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    home: Path = Path(".systemhealer")
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")
+    )
+    prefect_api_url: str | None = Field(
+        None, validation_alias=AliasChoices("PREFECT_API_URL", "prefect_api_url")
+    )
+    data: DataSettings = DataSettings()
+    preprocessing: PreprocessingSettings = PreprocessingSettings()
+    training: TrainingSettings = TrainingSettings()
+    registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings = ServingSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, home: Path) -> Path:
+        return home.expanduser().resolve()
+
+    # --- derived locations (all state lives under `home`) ---
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: the configured one, else sqlite under the state folder."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def deployments_dir(self) -> Path:
+        return self.home / "deployments"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.registry.model_name}@{self.registry.champion_alias}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file, which is passed in as init values.
+        return (env_settings, init_settings)
+
+
+def load_settings(config_file: Path | str | None = None) -> Settings:
+    """Build the settings from a YAML file (or ``SYSTEMHEALER_CONFIG``) and the environment."""
+    path = config_file or os.environ.get("SYSTEMHEALER_CONFIG")
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        values = loaded or {}
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+    return settings

@@ -1,0 +1,209 @@
+"""Incident data: the schema, reading CSV/Parquet, numeric coercion, fingerprints, splits."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from systemhealer.config import FAULT_CLASSES, N_KPI_FEATURES
+from systemhealer.errors import DataValidationError
+
+KPI_FEATURES: tuple[str, ...] = tuple(f"feature{i}" for i in range(N_KPI_FEATURES))
+LABEL = "label"
+SAMPLE_ID = "sample_id"
+PROBA_COLUMNS: tuple[str, ...] = tuple(f"proba_{c}" for c in FAULT_CLASSES)
+PREDICTION_COLUMNS: tuple[str, ...] = (SAMPLE_ID, "predicted_label", "confidence", *PROBA_COLUMNS)
+SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq", ".gz", ".csv.gz")
+
+
+def file_format(path: Path) -> str:
+    """'parquet' or 'csv', judged by the file name (``.csv.gz`` is CSV)."""
+    name = path.name.lower()
+    return "parquet" if name.endswith((".parquet", ".pq")) else "csv"
+
+
+def read_incidents(path: Path | str) -> pd.DataFrame:
+    """Read a CSV or Parquet file of incidents as it is (no coercion), or explain why not."""
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataValidationError(f"{path}: is a folder, expected a CSV or Parquet file")
+    if path.stat().st_size == 0:
+        raise DataValidationError(f"{path}: file is empty")
+    try:
+        if file_format(path) == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, low_memory=False)
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as exc:
+        kind = "Parquet" if file_format(path) == "parquet" else "CSV"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataValidationError(f"{path}: not a readable {kind} file ({first[:200]})") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataValidationError(f"{path}: no header and no rows") from exc
+    _refuse_wrong_delimiter(frame, path)
+    return frame
+
+
+def _refuse_wrong_delimiter(frame: pd.DataFrame, path: Path) -> None:
+    if frame.shape[1] > 2 or frame.shape[1] == 0:
+        return
+    header = ",".join(str(c) for c in frame.columns)
+    for delimiter, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+        if header.count(delimiter) >= 2:
+            raise DataValidationError(
+                f"{path}: the header is split by {name}s, not commas; "
+                "save the file as comma-separated CSV"
+            )
+
+
+def missing_columns(frame: pd.DataFrame, require_label: bool) -> list[str]:
+    """Columns of the contract that the frame lacks."""
+    wanted = [*KPI_FEATURES, LABEL] if require_label else list(KPI_FEATURES)
+    present = set(map(str, frame.columns))
+    return [c for c in wanted if c not in present]
+
+
+@dataclass(frozen=True)
+class BadCells:
+    """Cells of a column that are neither numbers nor empty."""
+
+    column: str
+    rows: list[int]
+    examples: list[str]
+    count: int
+
+
+def coerce_numeric(
+    frame: pd.DataFrame, columns: tuple[str, ...] | list[str]
+) -> tuple[pd.DataFrame, list[BadCells]]:
+    """Turn ``columns`` into float64; report text cells that are not numbers (they become NaN)."""
+    coerced = frame.copy()
+    problems: list[BadCells] = []
+    for column in columns:
+        if column not in coerced.columns:
+            continue
+        values = coerced[column]
+        if pd.api.types.is_bool_dtype(values):
+            values = values.astype(float)
+        if pd.api.types.is_numeric_dtype(values):
+            coerced[column] = values.astype("float64")
+            continue
+        as_text = values.astype("string").str.strip()
+        numbers = pd.to_numeric(as_text.replace("", pd.NA), errors="coerce")
+        bad = numbers.isna() & as_text.notna() & (as_text != "")
+        # Spreadsheet spellings of missing values are missing, not errors.
+        bad &= ~as_text.str.lower().isin(["nan", "na", "n/a", "null", "none"])
+        if bad.any():
+            idx = np.flatnonzero(bad.to_numpy())
+            problems.append(
+                BadCells(
+                    column=column,
+                    rows=[int(i) for i in idx[:5]],
+                    examples=[str(v)[:40] for v in as_text.iloc[idx[:3]]],
+                    count=int(bad.sum()),
+                )
+            )
+        coerced[column] = numbers.astype("float64")
+    return coerced, problems
+
+
+def feature_matrix(frame: pd.DataFrame) -> pd.DataFrame:
+    """The KPI feature columns as float64, absent ones as NaN, in contract order."""
+    out = frame.reindex(columns=list(KPI_FEATURES))
+    return out.apply(pd.to_numeric, errors="coerce").astype("float64")
+
+
+def sample_ids(frame: pd.DataFrame, offset: int = 0) -> pd.Series:
+    """The ``sample_id`` column, or row numbers (from ``offset``) when the input has none."""
+    if SAMPLE_ID in frame.columns:
+        return frame[SAMPLE_ID].reset_index(drop=True)
+    return pd.Series(np.arange(offset, offset + len(frame)), name=SAMPLE_ID)
+
+
+def fingerprint(frame: pd.DataFrame) -> dict[str, object]:
+    """A data fingerprint: content hash, row count, class counts."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    info: dict[str, object] = {"sha256": digest.hexdigest(), "rows": len(frame)}
+    if LABEL in frame.columns:
+        counts = frame[LABEL].value_counts().sort_index()
+        info["class_counts"] = {str(int(k)): int(v) for k, v in counts.items()}
+    return info
+
+
+def row_groups(features: pd.DataFrame, ignore: tuple[str, ...] = ()) -> np.ndarray:
+    """Group key per row: rows with identical KPI values (``ignore`` columns aside) share it.
+
+    Configuration-like columns are ignored because some copies of the same incident differ
+    only there (a missing value that stayed as the configuration constant).
+    """
+    kept = features.drop(columns=[c for c in ignore if c in features.columns])
+    rounded = kept.round(6)
+    return pd.util.hash_pandas_object(rounded, index=False).to_numpy()
+
+
+def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop incidents whose KPI features and label repeat an earlier row."""
+    keys = [c for c in (*KPI_FEATURES, LABEL) if c in frame.columns]
+    return frame.drop_duplicates(subset=keys).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row positions of the train, validation and evaluation parts."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    evaluation: np.ndarray
+
+
+def grouped_split(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    validation_fraction: float,
+    evaluation_fraction: float,
+    seed: int,
+) -> Split:
+    """Stratified split in which rows of one group never fall on two sides."""
+    positions = np.arange(len(labels))
+    n_eval = max(2, round(1 / evaluation_fraction))
+    outer = StratifiedGroupKFold(n_splits=n_eval, shuffle=True, random_state=seed)
+    rest, evaluation = next(outer.split(positions, labels, groups))
+    n_val = max(2, round((1 - evaluation_fraction) / validation_fraction))
+    inner = StratifiedGroupKFold(n_splits=n_val, shuffle=True, random_state=seed + 1)
+    train_i, val_i = next(inner.split(rest, labels[rest], groups[rest]))
+    return Split(train=rest[train_i], validation=rest[val_i], evaluation=evaluation)
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write CSV or Parquet by suffix; text cells are made safe for spreadsheets."""
+    if file_format(path) == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        spreadsheet_safe(frame).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Prefix text cells that a spreadsheet would run as a formula with a quote."""
+    out = frame
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values):
+            continue
+        text = values.astype("string")
+        risky = text.str.startswith(_FORMULA_START).fillna(False)
+        if risky.any():
+            if out is frame:
+                out = frame.copy()
+            out[column] = text.where(~risky, "'" + text)
+    return out

@@ -1,0 +1,99 @@
+"""The fault diagnoser: the fitted preprocessing and the network, saved and loaded together.
+
+Raw KPI features go in, diagnoses come out; no caller preprocesses by hand. Saved as plain
+JSON plus a torch state dict loaded with ``weights_only=True``: never an arbitrary pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from systemhealer.config import FAULT_CLASSES
+from systemhealer.data import PROBA_COLUMNS
+from systemhealer.features import DeploymentStats, KpiPreprocessor
+from systemhealer.model import FaultMLP
+from systemhealer.validation import DataProfile
+
+_PREPROCESSOR = "preprocessor.json"
+_NETWORK = "network.pt"
+_META = "model.json"
+
+
+@dataclass
+class FaultDiagnoser:
+    """Preprocessing + MLP + the training profile used for drift checks."""
+
+    preprocessor: KpiPreprocessor
+    network: FaultMLP
+    profile: DataProfile | None = None
+    metadata: dict[str, Any] | None = None
+
+    @torch.inference_mode()
+    def probabilities(
+        self, features: pd.DataFrame, deployment: DeploymentStats | None = None
+    ) -> np.ndarray:
+        """Class probabilities, one row per incident."""
+        if len(features) == 0:
+            return np.zeros((0, len(FAULT_CLASSES)), dtype=np.float32)
+        self.network.eval()
+        inputs = torch.from_numpy(self.preprocessor.transform(features, deployment))
+        return torch.softmax(self.network(inputs), dim=1).numpy()
+
+    def diagnose(
+        self, features: pd.DataFrame, deployment: DeploymentStats | None = None
+    ) -> pd.DataFrame:
+        """``predicted_label``, ``confidence``, ``proba_0…5`` per incident."""
+        return diagnoses_frame(self.probabilities(features, deployment))
+
+    @torch.inference_mode()
+    def embed(
+        self, features: pd.DataFrame, deployment: DeploymentStats | None = None
+    ) -> np.ndarray:
+        """Penultimate-layer activations per incident."""
+        self.network.eval()
+        inputs = torch.from_numpy(self.preprocessor.transform(features, deployment))
+        return self.network.embed(inputs).numpy()
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / _PREPROCESSOR).write_text(json.dumps(self.preprocessor.to_dict()))
+        torch.save(self.network.state_dict(), folder / _NETWORK)
+        meta = {
+            "architecture": self.network.architecture(),
+            "profile": self.profile.to_dict() if self.profile else None,
+            "metadata": self.metadata or {},
+        }
+        (folder / _META).write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path | str) -> FaultDiagnoser:
+        folder = Path(folder)
+        meta = json.loads((folder / _META).read_text())
+        arch = meta["architecture"]
+        network = FaultMLP(
+            n_inputs=arch["n_inputs"],
+            hidden_sizes=tuple(arch["hidden_sizes"]),
+            n_classes=arch["n_classes"],
+            dropout=arch["dropout"],
+        )
+        network.load_state_dict(torch.load(folder / _NETWORK, weights_only=True))
+        network.eval()
+        preprocessor = KpiPreprocessor.from_dict(json.loads((folder / _PREPROCESSOR).read_text()))
+        profile = DataProfile.from_dict(meta["profile"]) if meta.get("profile") else None
+        return cls(preprocessor, network, profile, meta.get("metadata") or {})
+
+
+def diagnoses_frame(probabilities: np.ndarray) -> pd.DataFrame:
+    """Probabilities → the diagnosis columns."""
+    frame = pd.DataFrame(probabilities.astype(np.float64), columns=list(PROBA_COLUMNS))
+    frame.insert(0, "confidence", probabilities.max(axis=1).astype(np.float64))
+    frame.insert(0, "predicted_label", np.asarray(FAULT_CLASSES)[probabilities.argmax(axis=1)])
+    return frame

@@ -1,0 +1,41 @@
+"""One exception hierarchy; the CLI maps it to exit codes, the service to 4xx responses."""
+
+
+class SystemHealerError(Exception):
+    """Base class of every error SystemHealer reports to a user."""
+
+    exit_code = 1
+
+
+class ConfigError(SystemHealerError):
+    """A config file or environment variable is invalid."""
+
+    exit_code = 2
+
+
+class DataValidationError(SystemHealerError):
+    """Incident data cannot be used: unreadable file, wrong schema, bad values or labels."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ModelNotFoundError(SystemHealerError):
+    """No model is registered under the requested name, alias or version."""
+
+    exit_code = 3
+
+
+class DeploymentNotFoundError(SystemHealerError):
+    """No calibrated deployment has the requested name."""
+
+    exit_code = 3
+
+
+class TrainingError(SystemHealerError):
+    """Training could not produce a model."""
+
+    exit_code = 4

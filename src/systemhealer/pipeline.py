@@ -1,0 +1,258 @@
+"""The training job's stages, called one by one as tasks by ``flows/training.py``.
+
+validate → prepare (dedupe, split, preprocess) → train → evaluate → register → gate.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from systemhealer import tracking
+from systemhealer.config import Settings
+from systemhealer.data import KPI_FEATURES
+from systemhealer.diagnoser import FaultDiagnoser
+from systemhealer.evaluation import (
+    EvaluationReport,
+    embedding_2d,
+    plot_confusion,
+    plot_embedding,
+    plot_loss_curves,
+)
+from systemhealer.training import EpochCallback, PreparedData, TrainingResult, train_network
+from systemhealer.validation import DataProfile, ValidationReport, require_valid, validate_file
+
+
+def validate_training_file(
+    path: Path | str, settings: Settings
+) -> tuple[ValidationReport, pd.DataFrame]:
+    """Validate a labelled file; log the report to the active run; raise if it blocks."""
+    report, frame = validate_file(path, settings.data, require_label=True)
+    tracking.log_json(report.to_dict(), "validation/report.json")
+    require_valid(report)
+    return report, frame
+
+
+def fit_model(
+    prepared: PreparedData,
+    settings: Settings,
+    on_epoch: EpochCallback | None = None,
+    show_progress: bool = True,
+) -> TrainingResult:
+    """Train the MLP on the training part, early-stopping on the validation part."""
+    split = prepared.split
+
+    def log_epoch(record: dict[str, float]) -> None:
+        tracking.log_metrics(
+            {k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"])
+        )
+        if on_epoch:
+            on_epoch(record)
+
+    return train_network(
+        prepared.inputs(split.train),
+        prepared.labels[split.train],
+        prepared.inputs(split.validation),
+        prepared.labels[split.validation],
+        settings.training,
+        on_epoch=log_epoch,
+        show_progress=show_progress,
+    )
+
+
+@dataclass
+class CandidateEvaluation:
+    """How the freshly trained model did on the held-out evaluation part."""
+
+    evaluation: EvaluationReport
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def build_diagnoser(
+    prepared: PreparedData, result: TrainingResult, settings: Settings
+) -> FaultDiagnoser:
+    profile = DataProfile.learn(prepared.features(prepared.split.train))
+    metadata = {"fingerprint": prepared.fingerprint, "best_epoch": result.best_epoch}
+    return FaultDiagnoser(prepared.preprocessor, result.network, profile, metadata)
+
+
+def evaluate_candidate(
+    prepared: PreparedData, diagnoser: FaultDiagnoser, result: TrainingResult, settings: Settings
+) -> CandidateEvaluation:
+    """Score the evaluation part, draw the plots, log everything to the active run."""
+    part = prepared.split.evaluation
+    features, labels = prepared.features(part), prepared.labels[part]
+    predicted = diagnoser.diagnose(features)["predicted_label"].to_numpy()
+    report = EvaluationReport.score(labels, predicted)
+    names = settings.serving.class_names
+    metrics = report.metrics("eval")
+    metrics["train_seconds"] = result.seconds
+    metrics["best_epoch"] = float(result.best_epoch)
+    tracking.log_metrics(metrics)
+    tracking.log_json(report.to_dict(), "evaluation/report.json")
+    tracking.log_json(result.history, "evaluation/history.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        points = embedding_2d(diagnoser.embed(features), seed=settings.training.seed)
+        tracking.log_json(
+            {
+                "x": points[:, 0].round(4).tolist(),
+                "y": points[:, 1].round(4).tolist(),
+                "label": labels.tolist(),
+            },
+            "evaluation/embedding.json",
+        )
+        for plot in (
+            plot_confusion(report, names, folder / "confusion_matrix.png"),
+            plot_loss_curves(result.history, folder / "loss_curves.png"),
+            plot_embedding(
+                points,
+                labels,
+                names,
+                folder / "embedding.png",
+                "Penultimate layer (PCA), evaluation part",
+            ),
+        ):
+            tracking.log_artifact(plot, "plots")
+    return CandidateEvaluation(evaluation=report, metrics=metrics)
+
+
+def log_training_context(prepared: PreparedData, settings: Settings, source: str) -> None:
+    """Params, data fingerprint and split sizes of the run."""
+    split = prepared.split
+    tracking.log_params(
+        {
+            **{f"training.{k}": v for k, v in settings.training.model_dump().items()},
+            **{f"preprocessing.{k}": v for k, v in settings.preprocessing.model_dump().items()},
+            "data.source": Path(source).name,
+            "data.sha256": prepared.fingerprint["sha256"],
+            "data.rows": prepared.fingerprint["rows"],
+            "data.duplicates_dropped": prepared.duplicates_dropped,
+            "split.train": len(split.train),
+            "split.validation": len(split.validation),
+            "split.evaluation": len(split.evaluation),
+            "features.kept": len(prepared.preprocessor.columns),
+        }
+    )
+    tracking.log_json(prepared.fingerprint, "data/fingerprint.json")
+    tracking.set_tags({"data.sha256": str(prepared.fingerprint["sha256"])})
+
+
+def log_and_register(
+    diagnoser: FaultDiagnoser,
+    prepared: PreparedData,
+    candidate: CandidateEvaluation,
+    settings: Settings,
+    run_id: str,
+) -> tracking.ModelVersionInfo:
+    """Log the pyfunc model and register it as a new version."""
+    example = prepared.features(prepared.split.evaluation[:5])
+    model_uri = tracking.log_diagnoser(diagnoser, example)
+    tags = {
+        "eval_macro_f1": f"{candidate.evaluation.macro_f1:.4f}",
+        "data.sha256": str(prepared.fingerprint["sha256"]),
+        "data.rows": str(prepared.fingerprint["rows"]),
+        "run_id": run_id,
+    }
+    return tracking.register(settings, model_uri, tags)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether the new version took the champion alias, and why."""
+
+    promoted: bool
+    reason: str
+    candidate_macro_f1: float
+    champion_version: str | None
+    champion_macro_f1: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def champion_score(prepared: PreparedData, settings: Settings) -> tuple[str | None, float | None]:
+    """The current champion's macro-F1 on this run's evaluation rows."""
+    current = tracking.champion(settings)
+    if current is None:
+        return None, None
+    diagnoser, _ = tracking.load_diagnoser(
+        settings, tracking.version_uri(settings, current.version)
+    )
+    part = prepared.split.evaluation
+    predicted = diagnoser.diagnose(prepared.features(part))["predicted_label"].to_numpy()
+    return current.version, EvaluationReport.score(prepared.labels[part], predicted).macro_f1
+
+
+def apply_gate(
+    version: tracking.ModelVersionInfo,
+    candidate: CandidateEvaluation,
+    prepared: PreparedData,
+    settings: Settings,
+) -> GateDecision:
+    """Promote ``version`` to champion only if it is at least as good as the champion on the
+    same evaluation rows (or there is no champion); record the decision either way."""
+    champion_version, champion_f1 = champion_score(prepared, settings)
+    score = candidate.evaluation.macro_f1
+    if champion_version is None:
+        promoted, reason = True, "no champion yet"
+    elif score >= champion_f1:
+        promoted, reason = (
+            True,
+            f"macro-F1 {score:.4f} >= {champion_f1:.4f} of v{champion_version} (same rows)",
+        )
+    else:
+        promoted, reason = (
+            False,
+            f"macro-F1 {score:.4f} < {champion_f1:.4f} of v{champion_version} (same rows)",
+        )
+    decision = GateDecision(promoted, reason, score, champion_version, champion_f1)
+    tracking.set_version_tags(
+        settings,
+        version.version,
+        {"gate": "promoted" if promoted else "rejected", "gate_reason": reason},
+    )
+    tracking.log_json(decision.to_dict(), "gate.json")
+    tracking.set_tags(
+        {"gate": "promoted" if promoted else "rejected", "model_version": version.version}
+    )
+    if champion_f1 is not None:
+        tracking.log_metrics({"champion_eval_macro_f1": champion_f1})
+    if promoted:
+        tracking.set_champion(settings, version.version)
+    return decision
+
+
+def example_features(prepared: PreparedData, rows: int = 5) -> pd.DataFrame:
+    return prepared.incidents.iloc[:rows][list(KPI_FEATURES)]
+
+
+def summary(
+    run_id: str,
+    version: tracking.ModelVersionInfo,
+    candidate: CandidateEvaluation,
+    decision: GateDecision,
+    result: TrainingResult,
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "model_version": version.version,
+        "eval_macro_f1": round(candidate.evaluation.macro_f1, 4),
+        "eval_accuracy": round(candidate.evaluation.accuracy, 4),
+        "promoted": decision.promoted,
+        "gate_reason": decision.reason,
+        "epochs": len(result.history),
+        "train_seconds": round(result.seconds, 1),
+    }
+
+
+def as_json(payload: Any) -> str:
+    return json.dumps(
+        payload, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)
+    )

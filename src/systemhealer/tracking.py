@@ -1,0 +1,318 @@
+"""MLflow: experiment runs, the logged pyfunc model and the model registry.
+
+The only module that talks to MLflow. Every ``models:/NAME@ALIAS`` URI is built here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+
+from systemhealer.config import Settings
+from systemhealer.data import KPI_FEATURES, PROBA_COLUMNS
+from systemhealer.diagnoser import FaultDiagnoser
+from systemhealer.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+_CHAMPION_HISTORY = "champion_history"
+# Explicit requirements: inference would write torch==2.13.0+cpu, which PyPI cannot install.
+PIP_REQUIREMENTS = [
+    "torch==2.13.0",
+    "mlflow==3.17.2",
+    "pandas==3.1.1",
+    "numpy==2.4.6",
+    "scikit-learn==1.9.1",
+    "pydantic-settings>=2.4,<3",
+    "pyyaml>=6",
+]
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured store and make sure the experiment exists."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    name = settings.registry.experiment_name
+    if client.get_experiment_by_name(name) is None:
+        location = None
+        if settings.mlflow_tracking_uri is None:
+            settings.artifact_root.mkdir(parents=True, exist_ok=True)
+            location = settings.artifact_root.as_uri()
+        try:
+            client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            # Created meanwhile by a concurrent process: fine.
+            if client.get_experiment_by_name(name) is None:
+                raise
+    mlflow.set_experiment(name)
+    return client
+
+
+@contextmanager
+def training_run(
+    settings: Settings, run_name: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[str]:
+    """An MLflow run around one training; marked FAILED if the block raises. Yields the run id."""
+    configure(settings)
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        yield run.info.run_id
+
+
+def log_params(params: dict[str, Any]) -> None:
+    mlflow.log_params(
+        {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in params.items()}
+    )
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics(metrics, step=step)
+
+
+def log_artifact(path: Path, folder: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_json(payload: Any, name: str) -> None:
+    mlflow.log_dict(payload, name)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+class DiagnosisPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc: raw KPI features in → ``predicted_label``, ``confidence``, ``proba_0…5``."""
+
+    def load_context(self, context: Any) -> None:
+        self.diagnoser = FaultDiagnoser.load(context.artifacts["diagnoser"])
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        features = pd.DataFrame(model_input).reindex(columns=list(KPI_FEATURES)).astype("float64")
+        return self.diagnoser.diagnose(features)
+
+
+def model_signature() -> ModelSignature:
+    inputs = Schema([ColSpec("double", c, required=False) for c in KPI_FEATURES])
+    outputs = Schema(
+        [ColSpec("long", "predicted_label"), ColSpec("double", "confidence")]
+        + [ColSpec("double", c) for c in PROBA_COLUMNS]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_diagnoser(diagnoser: FaultDiagnoser, input_example: pd.DataFrame) -> str:
+    """Log the diagnoser as one pyfunc model in the active run; returns its model URI."""
+    package = Path(__file__).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = diagnoser.save(Path(tmp) / "diagnoser")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=DiagnosisPyfunc(),
+            artifacts={"diagnoser": str(folder)},
+            code_paths=[str(package)],
+            signature=model_signature(),
+            input_example=input_example.reset_index(drop=True),
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+    return info.model_uri
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """A registered model version and what the registry says of it."""
+
+    version: str
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+    aliases: list[str]
+    created_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "run_id": self.run_id,
+            "source": self.source,
+            "tags": self.tags,
+            "aliases": self.aliases,
+            "created_ms": self.created_ms,
+        }
+
+
+def _info(mv: Any) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        version=str(mv.version),
+        run_id=mv.run_id,
+        source=mv.source,
+        tags=dict(mv.tags or {}),
+        aliases=list(getattr(mv, "aliases", []) or []),
+        created_ms=int(mv.creation_timestamp or 0),
+    )
+
+
+def register(settings: Settings, model_uri: str, tags: dict[str, str]) -> ModelVersionInfo:
+    """Register a logged model as a new version of the fault-diagnosis model."""
+    client = configure(settings)
+    mv = mlflow.register_model(model_uri, settings.registry.model_name, tags=tags)
+    return _info(client.get_model_version(settings.registry.model_name, mv.version))
+
+
+def alias_uri(settings: Settings, alias: str | None = None) -> str:
+    return f"models:/{settings.registry.model_name}@{alias or settings.registry.champion_alias}"
+
+
+def version_uri(settings: Settings, version: str) -> str:
+    return f"models:/{settings.registry.model_name}/{version}"
+
+
+def champion(settings: Settings) -> ModelVersionInfo | None:
+    """The version that holds the champion alias, or None."""
+    client = configure(settings)
+    try:
+        mv = client.get_model_version_by_alias(
+            settings.registry.model_name, settings.registry.champion_alias
+        )
+    except MlflowException:
+        return None
+    return _info(mv)
+
+
+def get_version(settings: Settings, version: str) -> ModelVersionInfo:
+    client = configure(settings)
+    try:
+        return _info(client.get_model_version(settings.registry.model_name, str(version)))
+    except MlflowException as exc:
+        raise ModelNotFoundError(
+            f"model '{settings.registry.model_name}' has no version {version}"
+        ) from exc
+
+
+def list_versions(settings: Settings) -> list[ModelVersionInfo]:
+    """All registered versions, newest first."""
+    client = configure(settings)
+    try:
+        found = client.search_model_versions(f"name='{settings.registry.model_name}'")
+    except MlflowException:
+        return []
+    return sorted((_info(mv) for mv in found), key=lambda v: int(v.version), reverse=True)
+
+
+def set_version_tags(settings: Settings, version: str, tags: dict[str, str]) -> None:
+    client = configure(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.registry.model_name, version, key, value)
+
+
+def champion_history(settings: Settings) -> list[str]:
+    client = configure(settings)
+    try:
+        model = client.get_registered_model(settings.registry.model_name)
+    except MlflowException:
+        return []
+    return json.loads(model.tags.get(_CHAMPION_HISTORY, "[]"))
+
+
+def set_champion(settings: Settings, version: str, record: bool = True) -> None:
+    """Give ``version`` the champion alias; remember the move so it can be rolled back."""
+    client = configure(settings)
+    name = settings.registry.model_name
+    get_version(settings, version)
+    client.set_registered_model_alias(name, settings.registry.champion_alias, str(version))
+    if record:
+        history = [*champion_history(settings), str(version)][-50:]
+        client.set_registered_model_tag(name, _CHAMPION_HISTORY, json.dumps(history))
+
+
+def rollback_champion(settings: Settings) -> tuple[str, str]:
+    """Move the champion alias back to the previous champion. Returns (from, to)."""
+    client = configure(settings)
+    history = champion_history(settings)
+    current = champion(settings)
+    if current is None:
+        raise ModelNotFoundError("there is no champion to roll back")
+    while history and history[-1] == current.version:
+        history.pop()
+    if not history:
+        raise ModelNotFoundError(
+            f"version {current.version} is the first champion; nothing to roll back to"
+        )
+    target = history[-1]
+    client.set_registered_model_alias(
+        settings.registry.model_name, settings.registry.champion_alias, target
+    )
+    client.set_registered_model_tag(
+        settings.registry.model_name, _CHAMPION_HISTORY, json.dumps(history)
+    )
+    return current.version, target
+
+
+def download_model(settings: Settings, model_uri: str, destination: Path) -> Path:
+    """Download a logged model's folder (for archives and for fast loading)."""
+    configure(settings)
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination))
+        )
+    except MlflowException as exc:
+        raise ModelNotFoundError(
+            f"cannot find model {model_uri}: {exc.message.splitlines()[0]}"
+        ) from exc
+
+
+def resolve_uri(settings: Settings, model_uri: str | None) -> tuple[str, ModelVersionInfo | None]:
+    """The URI to load (default: the champion) and, for registry URIs, the version behind it."""
+    if model_uri is None:
+        current = champion(settings)
+        if current is None:
+            raise ModelNotFoundError(
+                f"no champion: model '{settings.registry.model_name}' has no version with alias "
+                f"'{settings.registry.champion_alias}' yet; run `systemhealer train` first"
+            )
+        return version_uri(settings, current.version), current
+    return model_uri, None
+
+
+def load_diagnoser(
+    settings: Settings, model_uri: str | None = None
+) -> tuple[FaultDiagnoser, ModelVersionInfo | None]:
+    """Load the diagnoser behind a model URI (default: the champion), without pyfunc overhead."""
+    uri, version = resolve_uri(settings, model_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = download_model(settings, uri, Path(tmp))
+        diagnoser_dir = folder / "artifacts" / "diagnoser"
+        if not diagnoser_dir.exists():
+            raise ModelNotFoundError(f"{uri} is not a SystemHealer fault-diagnosis model")
+        return FaultDiagnoser.load(diagnoser_dir), version
+
+
+def run_metrics(settings: Settings, run_id: str) -> dict[str, float]:
+    client = configure(settings)
+    try:
+        return dict(client.get_run(run_id).data.metrics)
+    except MlflowException:
+        return {}
+
+
+def run_url(settings: Settings, run_id: str, ui_base: str = "http://127.0.0.1:5000") -> str:
+    client = configure(settings)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return f"{ui_base}/#/experiments/{experiment_id}/runs/{run_id}"

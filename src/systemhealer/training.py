@@ -1,0 +1,186 @@
+"""Training: de-duplicate, split without leaks, fit the preprocessing, train the MLP."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from systemhealer.config import FAULT_CLASSES, Settings, TrainingSettings
+from systemhealer.data import (
+    KPI_FEATURES,
+    LABEL,
+    Split,
+    deduplicate,
+    fingerprint,
+    grouped_split,
+    row_groups,
+)
+from systemhealer.errors import TrainingError
+from systemhealer.evaluation import macro_f1
+from systemhealer.features import KpiPreprocessor
+from systemhealer.model import FaultMLP
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+@dataclass
+class PreparedData:
+    """Training data after de-duplication, split and preprocessing."""
+
+    incidents: pd.DataFrame
+    labels: np.ndarray
+    split: Split
+    preprocessor: KpiPreprocessor
+    duplicates_dropped: int
+    fingerprint: dict[str, object]
+
+    def features(self, part: np.ndarray) -> pd.DataFrame:
+        return self.incidents.iloc[part][list(KPI_FEATURES)]
+
+    def inputs(self, part: np.ndarray) -> np.ndarray:
+        return self.preprocessor.transform(self.features(part))
+
+
+def prepare_training_data(incidents: pd.DataFrame, settings: Settings) -> PreparedData:
+    """De-duplicate, split so identical incidents never straddle two parts, fit preprocessing
+    on the training part only."""
+    data_fingerprint = fingerprint(incidents)
+    unique = deduplicate(incidents)
+    labels = unique[LABEL].to_numpy().astype(np.int64)
+    features = unique[list(KPI_FEATURES)]
+    groups = row_groups(features, ignore=settings.data.config_like_columns)
+    counts = np.bincount(labels, minlength=len(FAULT_CLASSES))
+    if (counts[counts > 0] < 3).any():
+        rare = [str(c) for c in FAULT_CLASSES if 0 < counts[c] < 3]
+        raise TrainingError(
+            f"fault class(es) {', '.join(rare)} have fewer than 3 distinct incidents; "
+            "cannot split them into train, validation and evaluation"
+        )
+    t = settings.training
+    split = grouped_split(labels, groups, t.validation_fraction, t.evaluation_fraction, t.seed)
+    preprocessor = KpiPreprocessor.fit(
+        features.iloc[split.train],
+        labels[split.train],
+        settings.preprocessing,
+        config_like=settings.data.config_like_columns,
+    )
+    return PreparedData(
+        incidents=unique,
+        labels=labels,
+        split=split,
+        preprocessor=preprocessor,
+        duplicates_dropped=len(incidents) - len(unique),
+        fingerprint=data_fingerprint,
+    )
+
+
+@dataclass
+class TrainingResult:
+    """The best network (by validation macro-F1) and its per-epoch history."""
+
+    network: FaultMLP
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency weights (classes absent from training get weight 0)."""
+    counts = np.bincount(labels, minlength=len(FAULT_CLASSES)).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def train_network(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    settings: TrainingSettings,
+    on_epoch: EpochCallback | None = None,
+    show_progress: bool = True,
+) -> TrainingResult:
+    """Train the MLP with class-weighted loss and early stopping on validation macro-F1."""
+    started = time.perf_counter()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    rng = seed_everything(settings.seed)
+    network = FaultMLP(
+        x_train.shape[1], settings.hidden_sizes, len(FAULT_CLASSES), settings.dropout
+    )
+    weights = class_weights(y_train) if settings.class_weighted else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=settings.label_smoothing)
+    eval_loss_fn = nn.CrossEntropyLoss(weight=weights)
+    optimiser = torch.optim.AdamW(
+        network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.int64))
+    xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val.astype(np.int64))
+    result = TrainingResult(network=network)
+    best_score, best_state, stale = -1.0, copy.deepcopy(network.state_dict()), 0
+    bar = tqdm(
+        range(1, settings.max_epochs + 1), desc="training", unit="epoch", disable=not show_progress
+    )
+    for epoch in bar:
+        network.train()
+        order = torch.from_numpy(rng.permutation(len(xt)))
+        total = 0.0
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            if len(batch) < 2:
+                continue
+            optimiser.zero_grad()
+            loss = loss_fn(network(xt[batch]), yt[batch])
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(batch)
+        network.eval()
+        with torch.inference_mode():
+            logits = network(xv)
+            val_loss = float(eval_loss_fn(logits, yv))
+            val_f1 = macro_f1(y_val, logits.argmax(1).numpy())
+        if not np.isfinite(total):
+            raise TrainingError("training diverged (loss is not finite); lower the learning rate")
+        record = {
+            "epoch": epoch,
+            "train_loss": total / len(xt),
+            "val_loss": val_loss,
+            "val_macro_f1": val_f1,
+        }
+        result.history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        bar.set_postfix(
+            loss=f"{record['train_loss']:.3f}", val_loss=f"{val_loss:.3f}", f1=f"{val_f1:.3f}"
+        )
+        if val_f1 > best_score + 1e-4:
+            best_score, best_state, stale, result.best_epoch = (
+                val_f1,
+                copy.deepcopy(network.state_dict()),
+                0,
+                epoch,
+            )
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                break
+    bar.close()
+    network.load_state_dict(best_state)
+    network.eval()
+    result.seconds = time.perf_counter() - started
+    return result
