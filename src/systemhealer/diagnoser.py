@@ -7,7 +7,7 @@ JSON plus a torch state dict loaded with ``weights_only=True``: never an arbitra
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ class FaultDiagnoser:
     network: FaultMLP
     profile: DataProfile | None = None
     metadata: dict[str, Any] | None = None
+    # Statistics measured for calibrated deployments, keyed by (name, file version).
+    deployment_cache: dict[tuple[str, int], DeploymentStats] = field(
+        default_factory=dict, repr=False
+    )
 
     @torch.inference_mode()
     def probabilities(

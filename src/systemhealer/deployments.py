@@ -1,0 +1,141 @@
+"""Deployments: named reference windows of unlabelled incidents, kept with the state.
+
+A deployment is calibrated from a file of its own incidents; labels, if present, are dropped
+before anything is stored. The reference rows themselves are kept (not statistics), so any model,
+including a future champion, measures its own statistics from them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from systemhealer.config import Settings
+from systemhealer.data import KPI_FEATURES, feature_matrix
+from systemhealer.diagnoser import FaultDiagnoser
+from systemhealer.errors import DataValidationError, DeploymentNotFoundError
+from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_REFERENCE_ROWS = 50_000
+MIN_REFERENCE_ROWS = 20
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """What is known of a calibrated deployment."""
+
+    name: str
+    rows: int
+    source: str
+    calibrated_at: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "source": self.source,
+            "calibrated_at": self.calibrated_at,
+        }
+
+
+def check_name(name: str) -> str:
+    """Deployment names become file names: letters, digits, ``_.-``, at most 64 characters."""
+    if not _NAME.match(name or "") or name == TRAINING_DEPLOYMENT:
+        raise DataValidationError(
+            f"invalid deployment name {name!r}: use 1-64 letters, digits, '_', '.', '-' "
+            f"(not starting with a symbol, not '{TRAINING_DEPLOYMENT}')"
+        )
+    return name
+
+
+def _paths(settings: Settings, name: str) -> tuple[Path, Path]:
+    folder = settings.deployments_dir
+    return folder / f"{check_name(name)}.parquet", folder / f"{name}.json"
+
+
+def register_deployment(
+    settings: Settings, name: str, incidents: pd.DataFrame, source: str
+) -> DeploymentInfo:
+    """Register or replace deployment ``name`` from validated, unlabelled (or label-stripped) incidents."""
+    reference = feature_matrix(incidents)
+    reference = reference[reference.notna().any(axis=1)]
+    if len(reference) < MIN_REFERENCE_ROWS:
+        raise DataValidationError(
+            f"a deployment needs at least {MIN_REFERENCE_ROWS} incidents with KPI values to "
+            f"calibrate; got {len(reference)}"
+        )
+    if len(reference) > MAX_REFERENCE_ROWS:
+        reference = reference.sample(MAX_REFERENCE_ROWS, random_state=0)
+    data_path, meta_path = _paths(settings, name)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    info = DeploymentInfo(
+        name, len(reference), Path(source).name, datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    # Write both files under temporary names, then rename: a failure never leaves half a deployment.
+    for target, write in (
+        (data_path, lambda p: reference.reset_index(drop=True).to_parquet(p, index=False)),
+        (meta_path, lambda p: Path(p).write_text(json.dumps(info.to_dict(), indent=2))),
+    ):
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    _reference_cached.cache_clear()
+    return info
+
+
+def list_deployments(settings: Settings) -> list[DeploymentInfo]:
+    folder = settings.deployments_dir
+    if not folder.exists():
+        return []
+    found = []
+    for meta in sorted(folder.glob("*.json")):
+        try:
+            found.append(DeploymentInfo(**json.loads(meta.read_text())))
+        except (ValueError, TypeError):
+            continue
+    return found
+
+
+def load_reference(settings: Settings, name: str) -> pd.DataFrame:
+    """The reference incidents of a deployment (KPI features only)."""
+    data_path, _ = _paths(settings, name)
+    if not data_path.exists():
+        known = ", ".join(d.name for d in list_deployments(settings)) or "none yet"
+        raise DeploymentNotFoundError(
+            f"no deployment named '{name}' (known: {known}); register it with "
+            f"`systemhealer calibrate {name} FILE`"
+        )
+    return _reference_cached(str(data_path), data_path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _reference_cached(path: str, mtime_ns: int) -> pd.DataFrame:
+    return pd.read_parquet(path).reindex(columns=list(KPI_FEATURES))
+
+
+def deployment_stats(
+    settings: Settings, diagnoser: FaultDiagnoser, name: str | None
+) -> DeploymentStats | None:
+    """The statistics ``diagnoser`` normalises with for deployment ``name``; None = training."""
+    if name is None or name == TRAINING_DEPLOYMENT:
+        return None
+    data_path, _ = _paths(settings, name)
+    key = (name, data_path.stat().st_mtime_ns if data_path.exists() else 0)
+    cached = diagnoser.deployment_cache.get(key)
+    if cached is None:
+        cached = diagnoser.preprocessor.measure_deployment(name, load_reference(settings, name))
+        diagnoser.deployment_cache[key] = cached
+    return cached
