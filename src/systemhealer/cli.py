@@ -85,11 +85,13 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Validate, train, evaluate, register; the gate decides whether it becomes champion."""
-    from systemhealer.orchestration import prepare_prefect
+    from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
 
     settings = _settings(config)
     prepare_prefect(settings)
     from flows.training import training_flow
+
+    quiet_prefect_console()
 
     outcome = training_flow(str(path), str(config) if config else None, show_progress=progress)
     verdict = "promoted to champion" if outcome["promoted"] else "registered, NOT promoted"
@@ -192,7 +194,7 @@ def info(config: ConfigOption = None) -> None:
 def main() -> None:
     """Entry point: user errors become one line on stderr and an exit code, no traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except SystemHealerError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -214,6 +216,7 @@ def main() -> None:
             err=True,
         )
         sys.exit(70)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
         raise DataValidationError(f"{path}: is a folder, expected a CSV or Parquet file")
     if path.stat().st_size == 0:
         raise DataValidationError(f"{path}: file is empty")
+    if file_format(path) == "csv" and not path.name.lower().endswith(".gz"):
+        with path.open("rb") as handle:
+            if b"\x00" in handle.read(4096):
+                raise DataValidationError(f"{path}: binary content, not a CSV text file")
     try:
         if file_format(path) == "parquet":
             frame = pd.read_parquet(path)

@@ -29,9 +29,15 @@ def prepare_prefect(settings: Settings, quiet: bool = True) -> None:
         os.environ["PREFECT_API_URL"] = settings.prefect_api_url
     if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        # Failures are reported by the CLI in one line; keep Prefect's tracebacks in its own UI.
-        for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def quiet_prefect_console() -> None:
+    """Failures are reported by the CLI in one line: keep Prefect's tracebacks off the console.
+
+    Call after ``prefect`` is imported (its logging setup resets levels on import).
+    """
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine", "prefect"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -46,6 +46,7 @@ def configure(settings: Settings) -> MlflowClient:
     """Point MLflow at the configured store and make sure the experiment exists."""
     settings.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)

@@ -141,9 +141,10 @@ def _rows_text(rows: list[int], count: int) -> str:
 @cache
 def _gx() -> Any:
     # Great Expectations takes seconds to import: only when validation really runs.
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
     import great_expectations as gx
 
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     return gx
 
 
