@@ -29,7 +29,7 @@ def test_first_training_registers_a_champion(trained_state) -> None:
 
 def test_predict_with_the_champion(trained_state, tmp_path, unlabelled_frame) -> None:
     settings = load_settings()
-    diagnoser, version = tracking.load_diagnoser(settings)
+    diagnoser, _ = tracking.load_diagnoser(settings)
     source = tmp_path / "incidents.csv"
     unlabelled_frame.head(300).to_csv(source, index=False)
     summary = scoring.score_file(source, tmp_path / "out.csv", diagnoser, settings)

@@ -47,8 +47,16 @@ def configure(settings: Settings) -> MlflowClient:
     settings.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, where the next
+    # load_settings() would take it for the user's choice: keep the environment as it was.
+    before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     name = settings.registry.experiment_name
     if client.get_experiment_by_name(name) is None:

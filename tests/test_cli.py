@@ -1,0 +1,127 @@
+"""The command line as a user meets it: exit codes and one-line errors, champion untouched."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from systemhealer import tracking
+from systemhealer.cli import main
+from systemhealer.config import load_settings
+
+
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["systemhealer", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def broken_files(folder: Path, frame: pd.DataFrame) -> dict[str, Path]:
+    """One file per kind of breakage a user can hand us."""
+    files: dict[str, Path] = {}
+
+    def save(name: str, data: pd.DataFrame, **kwargs: object) -> None:
+        files[name] = folder / f"{name}.csv"
+        data.to_csv(files[name], index=False, **kwargs)
+
+    text = frame.copy()
+    text["feature3"] = text["feature3"].astype(object)
+    text.loc[4, "feature3"] = "oops"
+    save("text_in_numeric", text)
+    unknown = frame.copy()
+    unknown.loc[2, "label"] = 9
+    save("unknown_label", unknown)
+    save("header_only", frame.head(0))
+    save("semicolons", frame, sep=";")
+    single = frame.copy()
+    single["label"] = 2
+    save("single_class", single)
+    infinite = frame.copy()
+    infinite.loc[7, "feature10"] = np.inf
+    save("infinite", infinite)
+    save("missing_column", frame.drop(columns=["feature20"]))
+    files["empty"] = folder / "empty.csv"
+    files["empty"].write_bytes(b"")
+    files["binary"] = folder / "binary.csv"
+    files["binary"].write_bytes(bytes(range(256)) * 40)
+    return files
+
+
+EXPECTED = {
+    "text_in_numeric": "'feature3' must be numeric",
+    "unknown_label": "outside [0, 1, 2, 3, 4, 5]",
+    "header_only": "0 rows",
+    "semicolons": "semicolons",
+    "single_class": "1 fault class",
+    "infinite": "'feature10' has 1 infinite",
+    "missing_column": "missing columns: feature20",
+    "empty": "file is empty",
+    "binary": "binary content",
+}
+
+
+def test_validate_names_every_problem(tmp_path, small_training_frame, capsys, monkeypatch) -> None:
+    for name, path in broken_files(tmp_path, small_training_frame.head(200)).items():
+        code, out, _ = run_cli(["validate", str(path), "--training"], capsys, monkeypatch)
+        assert code == 1, name
+        assert "INVALID" in out and EXPECTED[name] in out, (name, out)
+    good = tmp_path / "good.csv"
+    small_training_frame.to_csv(good, index=False)
+    code, out, _ = run_cli(["validate", str(good)], capsys, monkeypatch)
+    assert code == 0 and out.startswith("VALID"), out
+
+
+@pytest.mark.integration
+def test_train_refuses_broken_files_and_keeps_the_champion(
+    trained_state, tmp_path, small_training_frame, capsys, monkeypatch
+) -> None:
+    settings = load_settings()
+    before = tracking.champion(settings)
+    versions_before = len(tracking.list_versions(settings))
+    for name, path in broken_files(tmp_path, small_training_frame.head(200)).items():
+        code, out, err = run_cli(["train", str(path), "--no-progress"], capsys, monkeypatch)
+        assert code == 1, (name, out, err)
+        assert err.startswith("error: ") and EXPECTED[name] in err, (name, err)
+        assert "Traceback" not in err + out
+    assert tracking.champion(settings) == before
+    assert len(tracking.list_versions(settings)) == versions_before
+
+
+@pytest.mark.integration
+def test_predict_cli_and_bad_input(
+    trained_state, tmp_path, unlabelled_frame, capsys, monkeypatch
+) -> None:
+    source = tmp_path / "incidents.csv"
+    unlabelled_frame.head(50).drop(columns=["sample_id"]).to_csv(source, index=False)
+    out_file = tmp_path / "diagnoses.csv"
+    code, out, _ = run_cli(["predict", str(source), "--output", str(out_file)], capsys, monkeypatch)
+    assert code == 0, out
+    result = pd.read_csv(out_file)
+    assert result["sample_id"].tolist() == list(range(50))  # row numbers when there is no id
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\x00\x01garbage")
+    code, _, err = run_cli(
+        ["predict", str(bad), "--output", str(tmp_path / "x.csv")], capsys, monkeypatch
+    )
+    assert code == 1 and "binary" in err and not (tmp_path / "x.csv").exists()
+    code, _, err = run_cli(
+        [
+            "predict",
+            str(source),
+            "--output",
+            str(tmp_path / "y.csv"),
+            "--model-uri",
+            "models:/fault-diagnosis/999",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 3 and "999" in err

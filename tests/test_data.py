@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from systemhealer.data import (
+    KPI_FEATURES,
+    coerce_numeric,
+    deduplicate,
+    grouped_split,
+    read_incidents,
+    row_groups,
+    sample_ids,
+    spreadsheet_safe,
+)
+from systemhealer.errors import DataValidationError
+
+
+def test_reads_csv_gzip_and_parquet(tmp_path: Path, small_training_frame: pd.DataFrame) -> None:
+    small_training_frame.to_csv(tmp_path / "a.csv.gz", index=False)
+    small_training_frame.to_parquet(tmp_path / "a.parquet", index=False)
+    from_csv = read_incidents(tmp_path / "a.csv.gz")
+    from_parquet = read_incidents(tmp_path / "a.parquet")
+    assert from_csv.shape == from_parquet.shape == small_training_frame.shape
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.csv", b"", "file is empty"),
+        ("junk.csv", bytes(range(256)) * 20, "binary content"),
+        ("semi.csv", b"sample_id;feature0;feature1\n1;2;3\n", "semicolons"),
+        ("junk.parquet", b"PAR1 not really", "not a readable Parquet file"),
+    ],
+)
+def test_unreadable_files_are_named(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataValidationError, match=message):
+        read_incidents(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(DataValidationError, match="file not found"):
+        read_incidents(Path("/nonexistent/incidents.csv"))
+
+
+def test_coerce_numeric_reports_text_cells() -> None:
+    frame = pd.DataFrame({"feature0": ["1.5", "abc", "", "NaN", "2e3"]})
+    coerced, problems = coerce_numeric(frame, ["feature0"])
+    assert coerced["feature0"].iloc[[0, 4]].tolist() == [1.5, 2000.0]
+    assert coerced["feature0"].iloc[1:4].isna().all()
+    assert len(problems) == 1 and problems[0].rows == [1] and problems[0].examples == ["abc"]
+
+
+def test_sample_ids_default_to_row_numbers() -> None:
+    assert sample_ids(pd.DataFrame({"x": [1, 2, 3]}), offset=10).tolist() == [10, 11, 12]
+
+
+def test_deduplicate_and_groups(training_frame: pd.DataFrame) -> None:
+    unique = deduplicate(training_frame)
+    assert len(unique) < len(training_frame)
+    features = unique[list(KPI_FEATURES)]
+    assert not features.duplicated().any()
+    groups = row_groups(features, ignore=("feature1",))
+    assert len(groups) == len(unique)
+
+
+def test_grouped_split_never_splits_a_group() -> None:
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 300, size=2000)
+    labels = groups % 6
+    split = grouped_split(labels, groups, 0.15, 0.15, seed=1)
+    parts = [set(groups[p]) for p in (split.train, split.validation, split.evaluation)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert len(split.train) + len(split.validation) + len(split.evaluation) == 2000
+    assert set(labels[split.evaluation]) == set(range(6))
+
+
+def test_spreadsheet_safe_neutralises_formulas() -> None:
+    frame = pd.DataFrame({"sample_id": ["=cmd|'/c calc'!A1", "ok", "+1"], "x": [1.0, -2.0, 3.0]})
+    safe = spreadsheet_safe(frame)
+    assert safe["sample_id"].tolist() == ["'=cmd|'/c calc'!A1", "ok", "'+1"]
+    assert safe["x"].tolist() == [1.0, -2.0, 3.0]

@@ -1,0 +1,45 @@
+"""The promotion gate, promote and rollback, in a registry of their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from systemhealer import tracking
+from systemhealer.config import load_settings
+from systemhealer.errors import ModelNotFoundError
+
+pytestmark = pytest.mark.integration
+
+
+def test_worse_model_does_not_take_the_alias(
+    prefect_harness, small_training_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.training import training_flow
+
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "state"))
+    first = training_flow(str(small_training_csv), show_progress=False)
+    assert first["promoted"]
+    # A crippled network: two hidden units, one epoch, a tiny learning rate.
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__HIDDEN_SIZES", "[2]")
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__MAX_EPOCHS", "1")
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__LEARNING_RATE", "0.00001")
+    second = training_flow(str(small_training_csv), show_progress=False)
+    settings = load_settings()
+    assert not second["promoted"]
+    assert second["eval_macro_f1"] < first["eval_macro_f1"]
+    assert tracking.champion(settings).version == first["model_version"]
+    rejected = tracking.get_version(settings, second["model_version"])
+    assert rejected.tags["gate"] == "rejected"
+    assert f"of v{first['model_version']}" in rejected.tags["gate_reason"]
+
+    # By hand: promote the rejected version, then roll back to the gate's choice.
+    tracking.set_champion(settings, second["model_version"])
+    assert tracking.champion(settings).version == second["model_version"]
+    assert tracking.rollback_champion(settings) == (second["model_version"], first["model_version"])
+    assert tracking.champion(settings).version == first["model_version"]
+    with pytest.raises(ModelNotFoundError, match="nothing to roll back"):
+        tracking.rollback_champion(settings)
+    with pytest.raises(ModelNotFoundError, match="no version 42"):
+        tracking.set_champion(settings, "42")

@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from systemhealer.config import DataSettings
+from systemhealer.validation import DataProfile, validate_frame
+
+
+@pytest.fixture(scope="module")
+def frame(small_training_frame: pd.DataFrame) -> pd.DataFrame:
+    return small_training_frame.copy()
+
+
+def check(raw: pd.DataFrame, require_label: bool = True, profile: DataProfile | None = None):
+    report, _ = validate_frame(raw, "test", DataSettings(), require_label, profile)
+    return report
+
+
+def test_real_training_data_is_valid(frame: pd.DataFrame) -> None:
+    report = check(frame)
+    assert report.ok, report.to_text()
+    assert report.checks_run > 100
+
+
+def test_each_blocking_problem_is_named(frame: pd.DataFrame) -> None:
+    bad = frame.copy()
+    bad["feature3"] = bad["feature3"].astype(object)
+    bad.loc[4, "feature3"] = "oops"
+    bad.loc[2, "label"] = 9
+    bad.loc[7, "feature10"] = np.inf
+    report = check(bad)
+    assert not report.ok
+    found = {(issue.check, issue.column) for issue in report.errors}
+    assert found == {("type", "feature3"), ("label_set", "label"), ("infinite", "feature10")}
+    by_check = {issue.check: issue for issue in report.errors}
+    assert by_check["type"].rows == [4] and "oops" in by_check["type"].message
+    assert by_check["label_set"].rows == [2] and "9" in by_check["label_set"].message
+    assert by_check["infinite"].rows == [7]
+    assert str(bad["sample_id"].iloc[7]) in by_check["infinite"].message
+
+
+def test_missing_columns_and_missing_label(frame: pd.DataFrame) -> None:
+    report = check(frame.drop(columns=["feature20", "label"]))
+    assert [i.check for i in report.errors] == ["schema"]
+    assert "feature20" in report.errors[0].message and "label" in report.errors[0].message
+    # Without the label the same file is fine for scoring, apart from the absent feature.
+    assert "label" not in check(frame.drop(columns=["label"]), require_label=False).summary()
+
+
+def test_row_count_and_class_count(frame: pd.DataFrame) -> None:
+    assert {i.check for i in check(frame.head(10)).errors} >= {"row_count"}
+    single = frame.copy()
+    single["label"] = 3
+    assert [i.check for i in check(single).errors] == ["fault_classes"]
+    nulls = frame.copy()
+    nulls.loc[[1, 5], "label"] = np.nan
+    issue = next(i for i in check(nulls).errors if i.check == "missing")
+    assert issue.rows == [1, 5]
+
+
+def test_drift_against_profile_is_a_warning(frame: pd.DataFrame) -> None:
+    profile = DataProfile.learn(frame)
+    shifted = frame.drop(columns=["label"]).copy()
+    shifted["feature12"] = shifted["feature12"] * 1e6
+    shifted.loc[: len(shifted) // 2, "feature40"] = np.nan
+    report = check(shifted, require_label=False, profile=profile)
+    assert report.ok
+    warned = {(i.check, i.column) for i in report.warnings}
+    assert ("drift", "feature12") in warned
+    assert ("missing_drift", "feature40") in warned
+    assert ("drift", "feature13") not in warned
