@@ -100,23 +100,30 @@ def coerce_numeric(
         if pd.api.types.is_numeric_dtype(values):
             coerced[column] = values.astype("float64")
             continue
-        as_text = values.astype("string").str.strip()
-        numbers = pd.to_numeric(as_text.replace("", pd.NA), errors="coerce")
-        bad = numbers.isna() & as_text.notna() & (as_text != "")
-        # Spreadsheet spellings of missing values are missing, not errors.
-        bad &= ~as_text.str.lower().isin(["nan", "na", "n/a", "null", "none"])
+        numbers, bad = text_to_numbers(values)
         if bad.any():
             idx = np.flatnonzero(bad.to_numpy())
             problems.append(
                 BadCells(
                     column=column,
                     rows=[int(i) for i in idx[:5]],
-                    examples=[str(v)[:40] for v in as_text.iloc[idx[:3]]],
+                    examples=[str(v).strip()[:40] for v in values.iloc[idx[:3]]],
                     count=int(bad.sum()),
                 )
             )
-        coerced[column] = numbers.astype("float64")
+        coerced[column] = numbers
     return coerced, problems
+
+
+def text_to_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Text cells → float64 numbers (NaN where missing or not a number) and a boolean mask of
+    the cells that are neither numbers nor missing."""
+    as_text = values.astype("string").str.strip()
+    numbers = pd.to_numeric(as_text.replace("", pd.NA), errors="coerce")
+    bad = numbers.isna() & as_text.notna() & (as_text != "")
+    # Spreadsheet spellings of missing values are missing, not errors.
+    bad &= ~as_text.str.lower().isin(["nan", "na", "n/a", "null", "none"])
+    return numbers.astype("float64"), bad.fillna(False).astype(bool)
 
 
 def feature_matrix(frame: pd.DataFrame) -> pd.DataFrame:
