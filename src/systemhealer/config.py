@@ -100,6 +100,23 @@ class ScoringSettings(_Section):
     chunk_rows: int = Field(50_000, ge=1)
 
 
+class WebSettings(_Section):
+    """The web page mounted in the service (``/``): its job queue and links."""
+
+    # Background jobs run one at a time per kind by default; more only with cores to spare.
+    training_workers: int = Field(1, ge=1)
+    scoring_workers: int = Field(1, ge=1)
+    # Finished jobs (and their files) kept under `jobs_dir`; the oldest go first.
+    keep_jobs: int = Field(100, ge=1)
+    # Rows per progress step when the page scores a file.
+    chunk_rows: int = Field(10_000, ge=100)
+    # Points drawn in embedding scatter plots (a random sample of larger files).
+    embedding_points: int = Field(2_000, ge=10)
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # None = the configured Prefect API's server, else the `systemhealer schedule` server.
+    prefect_ui_url: str | None = None
+
+
 class Settings(BaseSettings):
     """Every setting of SystemHealer, frozen once built."""
 
@@ -124,6 +141,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     scoring: ScoringSettings = ScoringSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    web: WebSettings = WebSettings()
 
     @field_validator("home")
     @classmethod
