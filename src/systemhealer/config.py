@@ -43,8 +43,11 @@ class PreprocessingSettings(_Section):
     """How raw KPI features become network inputs."""
 
     drop_config_like: bool = True
-    clip: float = Field(8.0, gt=0)
     balance_reference: bool = True
+    ple_bins: int = Field(
+        16, ge=0, description="thermometer units per feature; 0 = normal scores only"
+    )
+    select_top_k: int | None = Field(None, ge=1, description="keep the k most informative columns")
 
 
 class TrainingSettings(_Section):
@@ -63,6 +66,15 @@ class TrainingSettings(_Section):
     validation_fraction: float = Field(0.15, gt=0, lt=0.5)
     evaluation_fraction: float = Field(0.15, gt=0, lt=0.5)
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
+    pseudo_deployments: bool = True
+    p_training_reference: float = Field(0.2, ge=0, le=1)
+
+
+class EvaluationSettings(_Section):
+    """Held-out evaluation and the promotion gate."""
+
+    shift_copies: int = Field(3, ge=1, description="simulated deployments for the shift score")
+    gate_on_shift: bool = True
 
 
 class RegistrySettings(_Section):
@@ -92,12 +104,30 @@ class ScheduleSettings(_Section):
     retrain_cron: str = "0 2 * * *"
     drift_cron: str = "30 * * * *"
     prefect_port: int = Field(4200, ge=1, le=65535)
+    # Drop folders; relative paths are under the state folder.
+    inbox: Path = Field(Path("inbox"), description="labelled files to merge, then retrain")
+    drift_inbox: Path = Field(Path("drift-inbox"), description="unlabelled files to check")
+    # A file younger than this may still be being copied in: it waits for the next run.
+    settle_seconds: float = Field(5.0, ge=0)
+    max_file_mb: float = Field(500, gt=0)
+    retrain_without_new_data: bool = False
+    # Population stability index per feature (signed-log values, training deciles).
+    drift_psi_threshold: float = Field(0.25, gt=0)
+    # The data set counts as drifted when at least this share of features drifted.
+    drift_feature_share: float = Field(0.1, gt=0, le=1)
+    drift_min_rows: int = Field(30, ge=2)
+    keep_drift_reports: int = Field(200, ge=1)
 
 
 class ScoringSettings(_Section):
     """Batch scoring."""
 
     chunk_rows: int = Field(50_000, ge=1)
+    # The Great Expectations contract runs on the first rows of each file (it costs ~0.3 s per
+    # call); every chunk gets the same row-level checks in numpy. 0 = numpy checks only.
+    gx_sample_rows: int = Field(2_000, ge=0)
+    # Partitions per file when a job runs on a Dask cluster.
+    partitions: int = Field(4, ge=1)
 
 
 class WebSettings(_Section):
@@ -137,6 +167,7 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     preprocessing: PreprocessingSettings = PreprocessingSettings()
     training: TrainingSettings = TrainingSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     scoring: ScoringSettings = ScoringSettings()
@@ -169,6 +200,37 @@ class Settings(BaseSettings):
     @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
+
+    @property
+    def inbox_dir(self) -> Path:
+        """Labelled incident files dropped here are merged by the retraining flow."""
+        return self.home / self.schedule.inbox
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.home / "inbox-archive"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.home / "inbox-rejected"
+
+    @property
+    def training_data_dir(self) -> Path:
+        """The training data set the retraining flow grows (Parquet + manifest)."""
+        return self.home / "training-data"
+
+    @property
+    def drift_inbox_dir(self) -> Path:
+        """Unlabelled incident files dropped here are checked by the drift flow."""
+        return self.home / self.schedule.drift_inbox
+
+    @property
+    def drift_reports_dir(self) -> Path:
+        return self.home / "drift"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.home / "locks"
 
     @property
     def model_uri(self) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import train_test_split
 
 from systemhealer.config import FAULT_CLASSES, N_KPI_FEATURES
 from systemhealer.errors import DataValidationError
@@ -182,15 +182,36 @@ def grouped_split(
     evaluation_fraction: float,
     seed: int,
 ) -> Split:
-    """Stratified split in which rows of one group never fall on two sides."""
+    """Stratified split in which rows of one group never fall on two sides.
+
+    Whole groups are assigned, stratified by each group's first label (sklearn's
+    StratifiedGroupKFold does the same far more slowly: seconds per split on 7k rows).
+    """
+    _, first_row, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    group_labels = labels[first_row]
+    group_ids = np.arange(len(first_row))
+
+    def take(ids: np.ndarray, fraction: float, salt: int) -> tuple[np.ndarray, np.ndarray]:
+        strata = group_labels[ids]
+        stratify = (
+            strata
+            if np.bincount(strata).max(initial=0)
+            and np.all(np.bincount(strata)[np.unique(strata)] >= 2)
+            else None
+        )
+        kept, taken = train_test_split(
+            ids, test_size=fraction, random_state=seed + salt, stratify=stratify
+        )
+        return np.sort(kept), np.sort(taken)
+
+    rest, evaluation = take(group_ids, evaluation_fraction, 0)
+    train, validation = take(rest, validation_fraction / (1 - evaluation_fraction), 1)
     positions = np.arange(len(labels))
-    n_eval = max(2, round(1 / evaluation_fraction))
-    outer = StratifiedGroupKFold(n_splits=n_eval, shuffle=True, random_state=seed)
-    rest, evaluation = next(outer.split(positions, labels, groups))
-    n_val = max(2, round((1 - evaluation_fraction) / validation_fraction))
-    inner = StratifiedGroupKFold(n_splits=n_val, shuffle=True, random_state=seed + 1)
-    train_i, val_i = next(inner.split(rest, labels[rest], groups[rest]))
-    return Split(train=rest[train_i], validation=rest[val_i], evaluation=evaluation)
+
+    def rows(ids: np.ndarray) -> np.ndarray:
+        return positions[np.isin(inverse, ids)]
+
+    return Split(train=rows(train), validation=rows(validation), evaluation=rows(evaluation))
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:

@@ -1,10 +1,16 @@
-"""Preprocessing: raw KPI features → network inputs, fitted on training rows only.
+"""Preprocessing: raw KPI features → network inputs, relative to a deployment.
 
-Every value goes through a signed log (magnitudes span 1e-3…1e15), then is normalised relative
-to a *deployment*: robust per-feature centre and scale measured on a reference window of that
-deployment's incidents. The training deployment's reference is the training data, weighted so
-each fault class counts equally (other deployments are not mixed like the training file).
-Missing values become the deployment's centre (0 after normalisation).
+Between deployments the same fault looks different: features differ in magnitude by factors of
+10^2…10^6, configuration-like columns take other constants, and the class mix differs. So every
+value is read *relative to its deployment*: a deployment is described by the per-feature
+quantiles of a reference window of its own (unlabelled) incidents, and each value becomes its
+position in that distribution — u = F_ref(x) — which no per-feature rescaling can change.
+The network sees the normal score Φ⁻¹(u) and a piecewise-linear ("thermometer") encoding of u
+(Gorishniy et al., 2022), which lets an MLP draw tree-like thresholds.
+
+The training deployment's reference is the training part itself, weighted so that each fault
+class counts equally (other deployments are not mixed like the training file). Missing values
+become the deployment's median (u = 0.5). Constant and configuration-like columns are dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtri
 
 from systemhealer.config import PreprocessingSettings
 from systemhealer.data import KPI_FEATURES
@@ -22,38 +29,55 @@ from systemhealer.data import KPI_FEATURES
 TRAINING_DEPLOYMENT = "training"
 
 
-def signed_log(values: np.ndarray) -> np.ndarray:
-    """sign(x)·log(1+|x|): keeps sign and order, turns rescaling into a shift for large |x|."""
-    return np.sign(values) * np.log1p(np.abs(values))
+def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Row weights under which every fault class present carries the same total weight."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[inverse])
 
 
-def _weighted_quantiles(
-    values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...]
-) -> np.ndarray:
-    """Per-column weighted quantiles of a 2-D array with NaN (ignored)."""
-    out = np.full((len(qs), values.shape[1]), np.nan)
-    for j in range(values.shape[1]):
-        column = values[:, j]
-        seen = ~np.isnan(column)
-        if not seen.any():
-            continue
-        order = np.argsort(column[seen])
-        sorted_values = column[seen][order]
-        cumulative = np.cumsum(weights[seen][order])
-        cumulative /= cumulative[-1]
-        for k, q in enumerate(qs):
-            out[k, j] = sorted_values[min(np.searchsorted(cumulative, q), len(sorted_values) - 1)]
-    return out
+def _weighted_quantiles(column: np.ndarray, weights: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Weighted quantiles of one column at ``probs`` (NaN ignored; midpoint ECDF convention)."""
+    seen = ~np.isnan(column)
+    values, w = column[seen], weights[seen]
+    if values.size == 0:
+        return np.zeros_like(probs)
+    order = np.argsort(values, kind="mergesort")
+    values, w = values[order], w[order]
+    cumulative = np.cumsum(w)
+    positions = (cumulative - 0.5 * w) / cumulative[-1]
+    return np.interp(probs, positions, values)
+
+
+def _cdf(quantiles: np.ndarray, probs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Map values through the piecewise-linear CDF given by ``quantiles`` at ``probs``.
+
+    Ties (runs of equal quantiles: a point mass) get the middle of their probability span.
+    """
+    lo = np.searchsorted(quantiles, values, side="left")
+    hi = np.searchsorted(quantiles, values, side="right")
+    k = len(quantiles)
+    u = np.empty_like(values)
+    inside = (lo == hi) & (lo > 0) & (lo < k)
+    i = lo[inside]
+    width = quantiles[i] - quantiles[i - 1]
+    safe = np.where(width > 0, width, 1.0)
+    t = np.where(width > 0, (values[inside] - quantiles[i - 1]) / safe, 0.5)
+    u[inside] = probs[i - 1] + t * (probs[i] - probs[i - 1])
+    u[(lo == hi) & (lo == 0)] = probs[0]
+    u[(lo == hi) & (lo == k)] = probs[-1]
+    tie = lo < hi
+    u[tie] = 0.5 * (probs[np.maximum(lo[tie] - 1, 0)] + probs[hi[tie] - 1])
+    return u
 
 
 @dataclass(frozen=True)
 class DeploymentStats:
-    """Robust per-feature statistics of one deployment, in the signed-log space."""
+    """Per-feature reference distribution of one deployment (a quantile grid per column)."""
 
     name: str
     columns: tuple[str, ...]
-    center: np.ndarray
-    scale: np.ndarray
+    probs: np.ndarray
+    quantiles: np.ndarray  # (len(probs), len(columns)), non-decreasing per column
     rows: int
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -61,26 +85,42 @@ class DeploymentStats:
     def measure(
         cls,
         name: str,
-        features: pd.DataFrame,
+        features: pd.DataFrame | np.ndarray,
         columns: tuple[str, ...],
         weights: np.ndarray | None = None,
+        n_quantiles: int = 256,
     ) -> DeploymentStats:
-        """Measure a deployment from its incidents (labels are never looked at)."""
-        logged = signed_log(features.reindex(columns=list(columns)).to_numpy(dtype=np.float64))
-        weights = np.ones(len(logged)) if weights is None else np.asarray(weights, dtype=np.float64)
-        q25, q50, q75 = _weighted_quantiles(logged, weights, (0.25, 0.5, 0.75))
-        scale = (q75 - q25) / 1.349
-        # A column that is constant in the reference: scale by 1 so it only shifts.
-        scale = np.where(np.isfinite(scale) & (scale > 1e-6), scale, 1.0)
-        center = np.where(np.isfinite(q50), q50, 0.0)
-        return cls(name=name, columns=columns, center=center, scale=scale, rows=len(features))
+        """Measure a deployment from a reference window of its incidents (never their labels).
+
+        ``features`` is a frame with the KPI columns or an array already restricted to ``columns``.
+        """
+        values = (
+            features.reindex(columns=list(columns)).to_numpy(dtype=np.float64)
+            if isinstance(features, pd.DataFrame)
+            else np.asarray(features, dtype=np.float64)
+        )
+        w = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
+        probs = np.linspace(0.0, 1.0, n_quantiles)
+        grid = np.stack(
+            [_weighted_quantiles(values[:, j], w, probs) for j in range(values.shape[1])], axis=1
+        )
+        return cls(name=name, columns=tuple(columns), probs=probs, quantiles=grid, rows=len(values))
+
+    def positions(self, values: np.ndarray) -> np.ndarray:
+        """u = F_ref(x) per cell, NaN → 0.5 (the deployment's median)."""
+        u = np.full(values.shape, 0.5)
+        for j in range(values.shape[1]):
+            column = values[:, j]
+            seen = ~np.isnan(column)
+            u[seen, j] = _cdf(self.quantiles[:, j], self.probs, column[seen])
+        return u
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "columns": list(self.columns),
-            "center": self.center.tolist(),
-            "scale": self.scale.tolist(),
+            "probs": self.probs.tolist(),
+            "quantiles": self.quantiles.tolist(),
             "rows": self.rows,
             "created_at": self.created_at,
         }
@@ -90,17 +130,22 @@ class DeploymentStats:
         return cls(
             name=payload["name"],
             columns=tuple(payload["columns"]),
-            center=np.asarray(payload["center"], dtype=np.float64),
-            scale=np.asarray(payload["scale"], dtype=np.float64),
+            probs=np.asarray(payload["probs"], dtype=np.float64),
+            quantiles=np.asarray(payload["quantiles"], dtype=np.float64),
             rows=int(payload["rows"]),
             created_at=payload.get("created_at", ""),
         )
 
 
-def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
-    """Row weights under which every fault class carries the same total weight."""
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    return (1.0 / counts)[inverse] * len(labels) / len(classes)
+def encode_positions(u: np.ndarray, ple_bins: int, reference_rows: int) -> np.ndarray:
+    """Positions u ∈ [0, 1] → normal scores plus a ``ple_bins``-unit thermometer code of u."""
+    eps = max(0.5 / max(reference_rows, 1), 1e-3)
+    z = ndtri(np.clip(u, eps, 1 - eps))
+    if ple_bins <= 0:
+        return z.astype(np.float32)
+    steps = np.arange(ple_bins)
+    thermometer = np.clip(u[:, :, None] * ple_bins - steps[None, None, :], 0.0, 1.0) - 0.5
+    return np.concatenate([z, thermometer.reshape(len(u), -1)], axis=1).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -109,43 +154,57 @@ class KpiPreprocessor:
 
     columns: tuple[str, ...]
     training: DeploymentStats
-    clip: float
+    ple_bins: int
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.columns) * (self.ple_bins + 1) if self.ple_bins > 0 else len(self.columns)
 
     @classmethod
     def fit(
-        cls, features: pd.DataFrame, labels: np.ndarray, settings: PreprocessingSettings,
+        cls,
+        features: pd.DataFrame,
+        labels: np.ndarray,
+        settings: PreprocessingSettings,
         config_like: tuple[str, ...] = (),
-    ) -> KpiPreprocessor:  # fmt: skip
-        """Choose the informative columns and measure the training deployment."""
+    ) -> KpiPreprocessor:
+        """Choose the columns and measure the (class-balanced) training deployment."""
         numeric = features.reindex(columns=list(KPI_FEATURES))
         varying = numeric.nunique(dropna=True) > 1
         dropped = set(config_like) if settings.drop_config_like else set()
         columns = tuple(c for c in KPI_FEATURES if varying[c] and c not in dropped)
+        if settings.select_top_k and settings.select_top_k < len(columns):
+            columns = select_informative_columns(numeric, labels, columns, settings.select_top_k)
         weights = class_balanced_weights(labels) if settings.balance_reference else None
         training = DeploymentStats.measure(TRAINING_DEPLOYMENT, numeric, columns, weights)
-        return cls(columns=columns, training=training, clip=settings.clip)
+        return cls(columns=columns, training=training, ple_bins=settings.ple_bins)
+
+    def raw_values(self, features: pd.DataFrame) -> np.ndarray:
+        """The model's columns as a float64 array (NaN for missing)."""
+        return features.reindex(columns=list(self.columns)).to_numpy(dtype=np.float64)
 
     def measure_deployment(self, name: str, features: pd.DataFrame) -> DeploymentStats:
-        """Statistics of another deployment from a reference window of its incidents."""
+        """Statistics of a deployment from a reference window of its incidents."""
         return DeploymentStats.measure(name, features, self.columns)
+
+    def encode(self, values: np.ndarray, stats: DeploymentStats) -> np.ndarray:
+        """Raw values (columns of the model) → network inputs relative to ``stats``."""
+        return encode_positions(stats.positions(values), self.ple_bins, stats.rows)
 
     def transform(
         self, features: pd.DataFrame, deployment: DeploymentStats | None = None
     ) -> np.ndarray:
-        """Raw features → float32 inputs, normalised relative to ``deployment``."""
+        """Raw features → float32 inputs, relative to ``deployment`` (default: training)."""
         stats = deployment or self.training
         if stats.columns != self.columns:
             raise ValueError(f"deployment '{stats.name}' was measured for other columns")
-        logged = signed_log(features.reindex(columns=list(self.columns)).to_numpy(dtype=np.float64))
-        normalised = (logged - stats.center) / stats.scale
-        normalised = np.clip(np.nan_to_num(normalised, nan=0.0), -self.clip, self.clip)
-        return normalised.astype(np.float32)
+        return self.encode(self.raw_values(features), stats)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "columns": list(self.columns),
             "training": self.training.to_dict(),
-            "clip": self.clip,
+            "ple_bins": self.ple_bins,
         }
 
     @classmethod
@@ -153,5 +212,21 @@ class KpiPreprocessor:
         return cls(
             columns=tuple(payload["columns"]),
             training=DeploymentStats.from_dict(payload["training"]),
-            clip=float(payload["clip"]),
+            ple_bins=int(payload["ple_bins"]),
         )
+
+
+def select_informative_columns(
+    features: pd.DataFrame, labels: np.ndarray, columns: tuple[str, ...], k: int, seed: int = 0
+) -> tuple[str, ...]:
+    """The ``k`` columns a random forest finds most informative, measured on class-balanced
+    quantile positions (so the choice does not depend on units), in contract order."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    stats = DeploymentStats.measure("selection", features, columns, class_balanced_weights(labels))
+    positions = stats.positions(features.reindex(columns=list(columns)).to_numpy(dtype=np.float64))
+    forest = RandomForestClassifier(
+        n_estimators=200, n_jobs=1, random_state=seed, class_weight="balanced", min_samples_leaf=2
+    ).fit(positions, labels)
+    chosen = set(np.argsort(-forest.feature_importances_)[:k].tolist())
+    return tuple(c for i, c in enumerate(columns) if i in chosen)

@@ -18,6 +18,7 @@ from systemhealer import tracking
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES
 from systemhealer.diagnoser import FaultDiagnoser
+from systemhealer.errors import SystemHealerError
 from systemhealer.evaluation import (
     EvaluationReport,
     embedding_2d,
@@ -25,6 +26,7 @@ from systemhealer.evaluation import (
     plot_embedding,
     plot_loss_curves,
 )
+from systemhealer.shift import balanced_shifted_copies, shift_scores
 from systemhealer.training import EpochCallback, PreparedData, TrainingResult, train_network
 from systemhealer.validation import DataProfile, ValidationReport, require_valid, validate_file
 
@@ -56,7 +58,7 @@ def fit_model(
             on_epoch(record)
 
     return train_network(
-        prepared.inputs(split.train),
+        prepared.training_inputs(settings.training),
         prepared.labels[split.train],
         prepared.inputs(split.validation),
         prepared.labels[split.validation],
@@ -66,11 +68,48 @@ def fit_model(
     )
 
 
+@dataclass(frozen=True)
+class HoldoutScores:
+    """Macro-F1 of one model on the held-out rows: as they are, and on simulated deployments."""
+
+    eval_macro_f1: float
+    shift_macro_f1: float
+    shift_uncalibrated_macro_f1: float
+
+
+def shifted_holdout(
+    prepared: PreparedData, settings: Settings
+) -> list[tuple[pd.DataFrame, np.ndarray]]:
+    """Shifted, class-balanced copies of the evaluation rows: the same for every model compared."""
+    part = prepared.split.evaluation
+    config_like = settings.data.config_like_columns
+    columns = tuple(c for c in KPI_FEATURES if c not in config_like)
+    return balanced_shifted_copies(
+        prepared.features(part), prepared.labels[part], columns, config_like,
+        settings.evaluation.shift_copies, settings.training.seed,
+    )  # fmt: skip
+
+
+def holdout_scores(
+    diagnoser: FaultDiagnoser, prepared: PreparedData, settings: Settings
+) -> HoldoutScores:
+    """Score a diagnoser on this run's evaluation rows and on their simulated shifts."""
+    part = prepared.split.evaluation
+    predicted = diagnoser.diagnose(prepared.features(part))["predicted_label"].to_numpy()
+    shifted = shift_scores(diagnoser, shifted_holdout(prepared, settings), settings.training.seed)
+    return HoldoutScores(
+        eval_macro_f1=EvaluationReport.score(prepared.labels[part], predicted).macro_f1,
+        shift_macro_f1=shifted.calibrated,
+        shift_uncalibrated_macro_f1=shifted.uncalibrated,
+    )
+
+
 @dataclass
 class CandidateEvaluation:
     """How the freshly trained model did on the held-out evaluation part."""
 
     evaluation: EvaluationReport
+    scores: HoldoutScores
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -90,8 +129,11 @@ def evaluate_candidate(
     features, labels = prepared.features(part), prepared.labels[part]
     predicted = diagnoser.diagnose(features)["predicted_label"].to_numpy()
     report = EvaluationReport.score(labels, predicted)
+    scores = holdout_scores(diagnoser, prepared, settings)
     names = settings.serving.class_names
     metrics = report.metrics("eval")
+    metrics["shift_macro_f1"] = scores.shift_macro_f1
+    metrics["shift_uncalibrated_macro_f1"] = scores.shift_uncalibrated_macro_f1
     metrics["train_seconds"] = result.seconds
     metrics["best_epoch"] = float(result.best_epoch)
     tracking.log_metrics(metrics)
@@ -120,7 +162,7 @@ def evaluate_candidate(
             ),
         ):
             tracking.log_artifact(plot, "plots")
-    return CandidateEvaluation(evaluation=report, metrics=metrics)
+    return CandidateEvaluation(evaluation=report, scores=scores, metrics=metrics)
 
 
 def log_training_context(prepared: PreparedData, settings: Settings, source: str) -> None:
@@ -156,6 +198,7 @@ def log_and_register(
     model_uri = tracking.log_diagnoser(diagnoser, example)
     tags = {
         "eval_macro_f1": f"{candidate.evaluation.macro_f1:.4f}",
+        "shift_macro_f1": f"{candidate.scores.shift_macro_f1:.4f}",
         "data.sha256": str(prepared.fingerprint["sha256"]),
         "data.rows": str(prepared.fingerprint["rows"]),
         "run_id": run_id,
@@ -169,25 +212,51 @@ class GateDecision:
 
     promoted: bool
     reason: str
-    candidate_macro_f1: float
+    candidate: HoldoutScores
     champion_version: str | None
-    champion_macro_f1: float | None
+    champion: HoldoutScores | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def champion_score(prepared: PreparedData, settings: Settings) -> tuple[str | None, float | None]:
-    """The current champion's macro-F1 on this run's evaluation rows."""
+def champion_scores(
+    prepared: PreparedData, settings: Settings
+) -> tuple[str | None, HoldoutScores | None, str]:
+    """The current champion's scores on this run's held-out rows (None if there is none or it
+    cannot be loaded; the last item says why)."""
     current = tracking.champion(settings)
     if current is None:
-        return None, None
-    diagnoser, _ = tracking.load_diagnoser(
-        settings, tracking.version_uri(settings, current.version)
-    )
-    part = prepared.split.evaluation
-    predicted = diagnoser.diagnose(prepared.features(part))["predicted_label"].to_numpy()
-    return current.version, EvaluationReport.score(prepared.labels[part], predicted).macro_f1
+        return None, None, "no champion yet"
+    try:
+        diagnoser, _ = tracking.load_diagnoser(
+            settings, tracking.version_uri(settings, current.version)
+        )
+    except SystemHealerError as exc:
+        return current.version, None, f"champion v{current.version} cannot be loaded ({exc})"
+    return current.version, holdout_scores(diagnoser, prepared, settings), ""
+
+
+def gate_decision(
+    candidate: HoldoutScores,
+    champion_version: str | None,
+    champion: HoldoutScores | None,
+    why_none: str,
+    gate_on_shift: bool,
+) -> tuple[bool, str]:
+    """Promote if at least as good as the champion on the same rows: in-distribution macro-F1
+    and, when ``gate_on_shift``, the shift-simulated macro-F1 too."""
+    if champion is None:
+        return True, why_none
+    compared = [("macro-F1", candidate.eval_macro_f1, champion.eval_macro_f1)]
+    if gate_on_shift:
+        compared.append(("shift macro-F1", candidate.shift_macro_f1, champion.shift_macro_f1))
+    parts = [
+        f"{name} {mine:.4f} {'>=' if mine >= theirs else '<'} {theirs:.4f}"
+        for name, mine, theirs in compared
+    ]
+    promoted = all(mine >= theirs for _, mine, theirs in compared)
+    return promoted, f"{', '.join(parts)} of v{champion_version} (same rows)"
 
 
 def apply_gate(
@@ -197,33 +266,23 @@ def apply_gate(
     settings: Settings,
 ) -> GateDecision:
     """Promote ``version`` to champion only if it is at least as good as the champion on the
-    same evaluation rows (or there is no champion); record the decision either way."""
-    champion_version, champion_f1 = champion_score(prepared, settings)
-    score = candidate.evaluation.macro_f1
-    if champion_version is None:
-        promoted, reason = True, "no champion yet"
-    elif score >= champion_f1:
-        promoted, reason = (
-            True,
-            f"macro-F1 {score:.4f} >= {champion_f1:.4f} of v{champion_version} (same rows)",
-        )
-    else:
-        promoted, reason = (
-            False,
-            f"macro-F1 {score:.4f} < {champion_f1:.4f} of v{champion_version} (same rows)",
-        )
-    decision = GateDecision(promoted, reason, score, champion_version, champion_f1)
-    tracking.set_version_tags(
-        settings,
-        version.version,
-        {"gate": "promoted" if promoted else "rejected", "gate_reason": reason},
+    same held-out rows (or there is no champion); record the decision either way."""
+    champion_version, champion, why_none = champion_scores(prepared, settings)
+    promoted, reason = gate_decision(
+        candidate.scores, champion_version, champion, why_none, settings.evaluation.gate_on_shift
     )
+    decision = GateDecision(promoted, reason, candidate.scores, champion_version, champion)
+    verdict = "promoted" if promoted else "rejected"
+    tracking.set_version_tags(settings, version.version, {"gate": verdict, "gate_reason": reason})
     tracking.log_json(decision.to_dict(), "gate.json")
-    tracking.set_tags(
-        {"gate": "promoted" if promoted else "rejected", "model_version": version.version}
-    )
-    if champion_f1 is not None:
-        tracking.log_metrics({"champion_eval_macro_f1": champion_f1})
+    tracking.set_tags({"gate": verdict, "model_version": version.version})
+    if champion is not None:
+        tracking.log_metrics(
+            {
+                "champion_eval_macro_f1": champion.eval_macro_f1,
+                "champion_shift_macro_f1": champion.shift_macro_f1,
+            }
+        )
     if promoted:
         tracking.set_champion(settings, version.version)
     return decision
@@ -245,6 +304,8 @@ def summary(
         "model_version": version.version,
         "eval_macro_f1": round(candidate.evaluation.macro_f1, 4),
         "eval_accuracy": round(candidate.evaluation.accuracy, 4),
+        "shift_macro_f1": round(candidate.scores.shift_macro_f1, 4),
+        "shift_uncalibrated_macro_f1": round(candidate.scores.shift_uncalibrated_macro_f1, 4),
         "promoted": decision.promoted,
         "gate_reason": decision.reason,
         "epochs": len(result.history),

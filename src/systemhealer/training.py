@@ -27,8 +27,11 @@ from systemhealer.errors import TrainingError
 from systemhealer.evaluation import macro_f1
 from systemhealer.features import KpiPreprocessor
 from systemhealer.model import FaultMLP
+from systemhealer.shift import pseudo_deployment
 
 EpochCallback = Callable[[dict[str, float]], None]
+# Network inputs of the training rows for one epoch (drawn anew each epoch when augmenting).
+InputSampler = Callable[[np.random.Generator], np.ndarray]
 
 
 @dataclass
@@ -47,6 +50,22 @@ class PreparedData:
 
     def inputs(self, part: np.ndarray) -> np.ndarray:
         return self.preprocessor.transform(self.features(part))
+
+    def training_inputs(self, settings: TrainingSettings) -> InputSampler:
+        """Training inputs per epoch: normalised relative to a freshly simulated deployment
+        (random class mix, finite reference window), or to the training reference itself."""
+        part = self.split.train
+        values = self.preprocessor.raw_values(self.features(part))
+        labels = self.labels[part]
+        base = self.preprocessor.encode(values, self.preprocessor.training)
+
+        def sample(rng: np.random.Generator) -> np.ndarray:
+            if not settings.pseudo_deployments or rng.random() < settings.p_training_reference:
+                return base
+            stats = pseudo_deployment(values, labels, self.preprocessor.columns, rng)
+            return self.preprocessor.encode(values, stats)
+
+        return sample
 
 
 def prepare_training_data(incidents: pd.DataFrame, settings: Settings) -> PreparedData:
@@ -107,7 +126,7 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
 
 
 def train_network(
-    x_train: np.ndarray,
+    x_train: np.ndarray | InputSampler,
     y_train: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
@@ -120,16 +139,15 @@ def train_network(
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     rng = seed_everything(settings.seed)
-    network = FaultMLP(
-        x_train.shape[1], settings.hidden_sizes, len(FAULT_CLASSES), settings.dropout
-    )
+    sample = x_train if callable(x_train) else (lambda _rng: x_train)
+    network = FaultMLP(x_val.shape[1], settings.hidden_sizes, len(FAULT_CLASSES), settings.dropout)
     weights = class_weights(y_train) if settings.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=settings.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss(weight=weights)
     optimiser = torch.optim.AdamW(
         network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.int64))
+    yt = torch.from_numpy(y_train.astype(np.int64))
     xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val.astype(np.int64))
     result = TrainingResult(network=network)
     best_score, best_state, stale = -1.0, copy.deepcopy(network.state_dict()), 0
@@ -138,6 +156,7 @@ def train_network(
     )
     for epoch in bar:
         network.train()
+        xt = torch.from_numpy(sample(rng))
         order = torch.from_numpy(rng.permutation(len(xt)))
         total = 0.0
         for start in range(0, len(order), settings.batch_size):

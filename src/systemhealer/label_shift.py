@@ -1,0 +1,47 @@
+"""Label shift: estimate a deployment's class mix and correct probabilities for it.
+
+EM of Saerens, Latinne & Decaestecker (2002) on the model's posteriors over a deployment's
+unlabelled reference window. The network is trained with class-balanced loss, so its posteriors
+are taken as made under a uniform prior.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def estimate_class_mix(
+    probabilities: np.ndarray,
+    source_prior: np.ndarray | None = None,
+    iterations: int = 200,
+    tol: float = 1e-6,
+) -> np.ndarray:
+    """EM estimate of the class mix of the incidents behind ``probabilities``."""
+    k = probabilities.shape[1]
+    source = (
+        np.full(k, 1.0 / k) if source_prior is None else np.asarray(source_prior, dtype=np.float64)
+    )
+    target = source.copy()
+    if len(probabilities) == 0:
+        return target
+    for _ in range(iterations):
+        weighted = probabilities * (target / source)
+        weighted /= weighted.sum(axis=1, keepdims=True)
+        updated = weighted.mean(axis=0)
+        converged = np.abs(updated - target).max() < tol
+        target = updated
+        if converged:
+            break
+    return target
+
+
+def correct_probabilities(
+    probabilities: np.ndarray, class_mix: np.ndarray, source_prior: np.ndarray | None = None
+) -> np.ndarray:
+    """Re-weight posteriors made under ``source_prior`` (default uniform) to ``class_mix``."""
+    k = probabilities.shape[1]
+    source = (
+        np.full(k, 1.0 / k) if source_prior is None else np.asarray(source_prior, dtype=np.float64)
+    )
+    weighted = probabilities * (np.asarray(class_mix, dtype=np.float64) / source)
+    return (weighted / weighted.sum(axis=1, keepdims=True)).astype(probabilities.dtype)

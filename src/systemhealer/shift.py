@@ -1,0 +1,166 @@
+"""Simulated deployment shifts: for training augmentation and for shift-aware model selection.
+
+A simulated deployment differs from the training one the way real deployments do: a third to a
+half of the KPI features rescaled by 10^2…10^6 (either direction), mild factors on the rest,
+configuration constants replaced, and another class mix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from systemhealer.config import FAULT_CLASSES
+from systemhealer.evaluation import macro_f1
+from systemhealer.features import DeploymentStats
+
+N_CLASSES = len(FAULT_CLASSES)
+
+
+@dataclass(frozen=True)
+class ShiftSpec:
+    """One simulated deployment change: per-column factors and configuration-constant factors."""
+
+    scale: dict[str, float]
+    config_factor: dict[str, float]
+
+
+def random_shift(
+    rng: np.random.Generator,
+    columns: tuple[str, ...],
+    config_like: tuple[str, ...],
+    fraction: tuple[float, float] = (1 / 3, 1 / 2),
+    log10_factor: tuple[float, float] = (2.0, 6.0),
+    jitter_log10: float = 0.5,
+) -> ShiftSpec:
+    """Draw a deployment change for ``columns`` (and new constants for ``config_like``)."""
+    n = len(columns)
+    big = set(rng.choice(n, size=round(rng.uniform(*fraction) * n), replace=False).tolist())
+    scale = {}
+    for j, column in enumerate(columns):
+        exponent = (
+            rng.uniform(*log10_factor) if j in big else rng.uniform(-jitter_log10, jitter_log10)
+        )
+        if j in big and rng.random() < 0.5:
+            exponent = -exponent
+        scale[column] = float(10.0**exponent)
+    config = {c: float(10.0 ** rng.uniform(-1, 1)) for c in config_like}
+    return ShiftSpec(scale=scale, config_factor=config)
+
+
+def apply_shift(features: pd.DataFrame, spec: ShiftSpec) -> pd.DataFrame:
+    """Apply a shift to raw KPI features (configuration columns: every value times its factor)."""
+    shifted = features.copy()
+    for column, factor in {**spec.scale, **spec.config_factor}.items():
+        if column in shifted.columns:
+            shifted[column] = shifted[column] * factor
+    return shifted
+
+
+def resample_class_mix(
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    mix: np.ndarray,
+    n: int | None = None,
+    replace: bool = False,
+) -> np.ndarray:
+    """Row positions of a sample whose class proportions follow ``mix``.
+
+    Without replacement ``n`` is capped so that no class needs more rows than it has.
+    """
+    by_class = [np.flatnonzero(labels == c) for c in range(len(mix))]
+    counts = np.array([len(rows) for rows in by_class])
+    n = len(labels) if n is None else n
+    wanted = mix > 0
+    if not replace:
+        n = int(min(n, np.min(counts[wanted] / mix[wanted])))
+    take = rng.multinomial(n, mix)
+    if not replace:
+        take = np.minimum(take, counts)
+    parts = [
+        rng.choice(rows, size=t, replace=replace)
+        for rows, t in zip(by_class, take, strict=True)
+        if t > 0 and len(rows)
+    ]
+    sample = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+    rng.shuffle(sample)
+    return sample
+
+
+def pseudo_deployment(
+    values: np.ndarray,
+    labels: np.ndarray,
+    columns: tuple[str, ...],
+    rng: np.random.Generator,
+    reference_rows: tuple[int, int] = (300, 1500),
+    concentration: float = 5.0,
+) -> DeploymentStats:
+    """Statistics of a simulated deployment's reference window drawn from training rows.
+
+    The window has a random class mix (Dirichlet around uniform) and a random size, so the
+    network learns under the noise of finite, differently mixed calibration windows. (Rescaling
+    is not needed here: quantile positions do not change under it.)
+    """
+    mix = rng.dirichlet(np.full(N_CLASSES, concentration))
+    present = np.bincount(labels, minlength=N_CLASSES) > 0
+    mix = np.where(present, mix, 0)
+    mix = mix / mix.sum()
+    rows = resample_class_mix(labels, rng, mix, n=int(rng.integers(*reference_rows)), replace=True)
+    return DeploymentStats.measure("pseudo", values[rows], columns)
+
+
+@dataclass(frozen=True)
+class ShiftScores:
+    """Macro-F1 on simulated deployments: calibrated with the other half, and uncalibrated."""
+
+    calibrated: float
+    uncalibrated: float
+    shifts: int
+    rows: int
+
+
+def balanced_shifted_copies(
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    columns: tuple[str, ...],
+    config_like: tuple[str, ...],
+    shifts: int,
+    seed: int,
+) -> list[tuple[pd.DataFrame, np.ndarray]]:
+    """``shifts`` shifted, class-balanced copies of held-out rows (the same for every model)."""
+    rng = np.random.default_rng(seed)
+    present = np.bincount(labels, minlength=N_CLASSES) > 0
+    mix = present / present.sum()
+    copies = []
+    for _ in range(shifts):
+        rows = resample_class_mix(labels, rng, mix)
+        spec = random_shift(rng, columns, config_like)
+        copies.append((apply_shift(features.iloc[rows].reset_index(drop=True), spec), labels[rows]))
+    return copies
+
+
+def shift_scores(
+    diagnoser: object,
+    copies: list[tuple[pd.DataFrame, np.ndarray]],
+    seed: int,
+) -> ShiftScores:
+    """Score a diagnoser on shifted copies: each copy is split in halves A/B; A calibrates the
+    scoring of B and B of A (never the rows scored). Uncalibrated = training statistics."""
+    rng = np.random.default_rng(seed + 1)
+    calibrated, uncalibrated, rows = [], [], 0
+    for features, labels in copies:
+        order = rng.permutation(len(labels))
+        halves = (order[: len(order) // 2], order[len(order) // 2 :])
+        predicted = np.empty(len(labels), dtype=np.int64)
+        for reference, scored in (halves, halves[::-1]):
+            stats = diagnoser.preprocessor.measure_deployment("simulated", features.iloc[reference])  # type: ignore[attr-defined]
+            predicted[scored] = diagnoser.diagnose(features.iloc[scored], stats)[
+                "predicted_label"
+            ].to_numpy()  # type: ignore[attr-defined]
+        calibrated.append(macro_f1(labels, predicted))
+        plain = diagnoser.diagnose(features)["predicted_label"].to_numpy()  # type: ignore[attr-defined]
+        uncalibrated.append(macro_f1(labels, plain))
+        rows += len(labels)
+    return ShiftScores(float(np.mean(calibrated)), float(np.mean(uncalibrated)), len(copies), rows)
