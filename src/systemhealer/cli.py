@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -112,20 +112,70 @@ def predict(
     model_uri: Annotated[
         str | None, typer.Option("--model-uri", help="MLflow model URI (default: the champion).")
     ] = None,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            "--deployment",
+            help="Calibrated deployment the incidents come from (default: the training data's).",
+        ),
+    ] = None,
+    on_bad_rows: Annotated[
+        Literal["fail", "skip"],
+        typer.Option(
+            "--on-bad-rows",
+            help="fail: stop at the first bad row, write nothing; skip: score the other rows "
+            "and list the bad ones with the reason in OUTPUT's .bad-rows.csv side file.",
+        ),
+    ] = "fail",
+    chunk_rows: Annotated[
+        int | None,
+        typer.Option("--chunk-rows", min=1, help="Rows per chunk (default: scoring.chunk_rows)."),
+    ] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="Score partitions of the file on a Dask cluster: a scheduler address "
+            "(tcp://host:8786), or 'local' for a local cluster of 2 workers.",
+        ),
+    ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions", min=1, help="Partitions with --dask (default: scoring.partitions)."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     config: ConfigOption = None,
 ) -> None:
-    """Diagnose every incident of a file with the champion (or ``--model-uri``)."""
-    from systemhealer import scoring, tracking
+    """Diagnose every incident of a file, chunk by chunk, with the champion (or ``--model-uri``)."""
+    from systemhealer import scoring
 
     settings = _settings(config)
-    diagnoser, version = tracking.load_diagnoser(settings, model_uri)
-    summary = scoring.score_file(path, output, diagnoser, settings)
-    which = f"version {version.version}" if version else model_uri
-    typer.echo(
-        f"{summary.rows} incidents diagnosed with {which} "
-        f"(deployment statistics: {summary.deployment}) → {summary.output}\n"
-        f"predicted fault classes: {summary.class_counts}"
-    )
+    if dask:
+        from systemhealer.orchestration import prepare_prefect
+
+        prepare_prefect(settings)
+        from flows.scoring import run_batch_scoring
+
+        (summary,) = run_batch_scoring(
+            [str(path)],
+            outputs=[str(output)],
+            model_uri=model_uri,
+            deployment=deployment,
+            on_bad_rows=on_bad_rows,
+            chunk_rows=chunk_rows,
+            partitions=partitions,
+            dask=dask,
+            config_file=str(config) if config else None,
+            show_progress=progress,
+        )
+    else:
+        loader = scoring.model_loader(settings, model_uri, deployment)
+        summary = scoring.stream_file(
+            path, output, loader, settings, on_bad_rows, chunk_rows, progress=progress
+        )
+    typer.echo(scoring.summary_text(summary))
 
 
 @app.command()

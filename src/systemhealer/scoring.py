@@ -1,19 +1,87 @@
-"""Batch scoring: a file of incidents in, a file of diagnoses out."""
+"""Batch scoring: files of incidents in, files of diagnoses out.
+
+Three ways, one scoring function (``FaultDiagnoser.diagnose``) and one set of output columns:
+
+- :func:`score_file` — one shot: the whole file in memory, validated by the full Great
+  Expectations contract. For small files (uploads, tests).
+- :func:`stream_file` — what ``systemhealer predict`` runs: the file in chunks with bounded
+  memory, parsing overlapped with scoring, the output written as it goes to a temporary file
+  that is renamed onto the final name at the end.
+- :func:`score_partition` + :func:`merge_partitions` — one slice of a file per task (the Prefect
+  batch-scoring flow, on threads or on a Dask cluster), merged in order into one output.
+
+What validates what in the chunked paths: the schema (every KPI column, no duplicates) is checked
+once from the header; every chunk gets row-level checks in numpy that implement the contract's
+row rules (KPI values are numbers, and finite) and decide the bad rows; the Great Expectations
+contract itself (:func:`systemhealer.validation.validate_frame`) runs on the first
+``scoring.gx_sample_rows`` rows of each file, and the job stops if it and the numpy checks
+disagree there. Rows without any KPI value are scored (as in the one-shot path) and counted.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from systemhealer.config import Settings
-from systemhealer.data import PREDICTION_COLUMNS, SAMPLE_ID, feature_matrix, sample_ids, write_table
-from systemhealer.diagnoser import FaultDiagnoser
-from systemhealer.features import DeploymentStats
+from systemhealer.config import FAULT_CLASSES, DataSettings, Settings
+from systemhealer.data import (
+    KPI_FEATURES,
+    PREDICTION_COLUMNS,
+    SAMPLE_ID,
+    coerce_numeric,
+    feature_matrix,
+    sample_ids,
+    spreadsheet_safe,
+    text_to_numbers,
+    write_table,
+)
+from systemhealer.diagnoser import FaultDiagnoser, diagnoses_frame
+from systemhealer.errors import DataValidationError, SystemHealerError
+from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
+from systemhealer.streaming import (
+    AtomicTableWriter,
+    ParquetSource,
+    Partition,
+    Prefetch,
+    RawChunk,
+    open_source,
+)
 from systemhealer.validation import require_valid, validate_frame
+
+ON_BAD_ROWS = ("fail", "skip")
+BAD_ROWS_SUFFIX = ".bad-rows.csv"
+_SKIP_HINT = "use --on-bad-rows skip to score the other rows and list the bad ones in a side file"
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """What a job scores with: the diagnoser and the deployment statistics it normalises with."""
+
+    diagnoser: FaultDiagnoser
+    deployment: DeploymentStats | None = None
+    description: str = "the given model"
+
+    @property
+    def deployment_name(self) -> str:
+        return self.deployment.name if self.deployment else TRAINING_DEPLOYMENT
+
+
+ModelLoader = Callable[[], ScoringModel]
 
 
 @dataclass(frozen=True)
@@ -24,6 +92,26 @@ class ScoringSummary:
     output: str
     class_counts: dict[str, int]
     deployment: str
+    bad_rows: int = 0
+    bad_rows_file: str | None = None
+    empty_rows: int = 0
+    seconds: float = 0.0
+    chunks: int = 0
+    partitions: int = 1
+    source: str = ""
+    model: str = ""
+    contract_sample: dict[str, Any] | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        """Incidents read (scored or set aside) per second of the job."""
+        return (self.rows + self.bad_rows) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rows_per_second": round(self.rows_per_second, 1)}
+
+
+# --- the one-shot path ------------------------------------------------------------------------
 
 
 def diagnose_frame(
@@ -45,6 +133,7 @@ def atomic_write(frame: pd.DataFrame, output: Path) -> None:
     os.close(fd)
     try:
         write_table(frame, Path(tmp))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,9 +147,10 @@ def score_file(
     settings: Settings,
     deployment: DeploymentStats | None = None,
 ) -> ScoringSummary:
-    """Validate and score a whole file of incidents; write the diagnoses atomically."""
+    """Validate and score a whole file of incidents in memory; write the diagnoses atomically."""
     from systemhealer.data import read_incidents
 
+    started = time.perf_counter()
     raw = read_incidents(path)
     report, frame = validate_frame(raw, str(path), settings.data, require_label=False)
     require_valid(report)
@@ -71,5 +161,627 @@ def score_file(
         rows=len(diagnoses),
         output=str(output),
         class_counts={str(k): int(v) for k, v in counts.items()},
-        deployment=deployment.name if deployment else "training",
+        deployment=deployment.name if deployment else TRAINING_DEPLOYMENT,
+        seconds=time.perf_counter() - started,
+        source=str(path),
     )
+
+
+# --- row-level checks of one chunk --------------------------------------------------------------
+
+
+@dataclass
+class CheckedChunk:
+    """A chunk split into rows to score and bad rows with their reasons."""
+
+    features: pd.DataFrame
+    positions: np.ndarray
+    ids: np.ndarray | None
+    bad: pa.Table | None
+    empty_rows: int
+    cell_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def _kpi_matrix(table: pa.Table) -> np.ndarray:
+    matrix = np.empty((table.num_rows, len(KPI_FEATURES)), dtype=np.float64)
+    for j, column in enumerate(KPI_FEATURES):
+        matrix[:, j] = table.column(column).to_numpy()
+    return matrix
+
+
+def _bad_table(
+    positions: np.ndarray, reasons: list[str], values: pa.Table | None, with_id: bool
+) -> pa.Table:
+    """Bad rows: ``row`` (position for now; 1-based in the side file), ``reason``, input as text."""
+    columns = [SAMPLE_ID, *KPI_FEATURES] if with_id else list(KPI_FEATURES)
+    arrays: list[pa.Array] = [pa.array(positions, pa.int64()), pa.array(reasons, pa.string())]
+    for column in columns:
+        if values is None:
+            arrays.append(pa.nulls(len(positions), pa.string()))
+        else:
+            arrays.append(pc.cast(values.column(column), pa.string()).combine_chunks())
+    return pa.table(arrays, names=["row", "reason", *columns])
+
+
+def check_chunk(chunk: RawChunk) -> CheckedChunk:
+    """Apply the contract's row rules to a chunk: KPI values must be numbers and finite."""
+    problems: dict[int, list[str]] = {}
+    counts: Counter[tuple[str, str]] = Counter()
+    if chunk.typed is not None:
+        table = chunk.typed
+        matrix = _kpi_matrix(table)
+        ids = (
+            table.column(SAMPLE_ID).to_numpy(zero_copy_only=False)
+            if SAMPLE_ID in table.column_names
+            else None
+        )
+    else:
+        raw = chunk.raw if chunk.raw is not None else pd.DataFrame()
+        coerced, bad_cells = coerce_numeric(raw, list(KPI_FEATURES))
+        for cells in bad_cells:
+            _, mask = text_to_numbers(raw[cells.column])
+            where = np.flatnonzero(mask.to_numpy())
+            counts["type", cells.column] += len(where)
+            texts = raw[cells.column].iloc[where].astype("string").str.strip().str.slice(0, 40)
+            for i, text in zip(where, texts, strict=True):
+                problems.setdefault(int(i), []).append(
+                    f"'{cells.column}' is not a number ({text!r})"
+                )
+        matrix = coerced[list(KPI_FEATURES)].to_numpy(dtype=np.float64)
+        ids = raw[SAMPLE_ID].to_numpy() if SAMPLE_ID in raw.columns else None
+        table = None
+    infinite = np.isinf(matrix)
+    if infinite.any():
+        for j in np.flatnonzero(infinite.any(axis=0)):
+            column = KPI_FEATURES[j]
+            rows = np.flatnonzero(infinite[:, j])
+            counts["infinite", column] += len(rows)
+            for i in rows:
+                problems.setdefault(int(i), []).append(f"'{column}' is infinite ({matrix[i, j]})")
+    empty_rows = int(np.isnan(matrix).all(axis=1).sum())
+    bad: pa.Table | None = None
+    with_id = ids is not None
+    if problems or chunk.ragged:
+        where = np.asarray(sorted(problems), dtype=np.int64)
+        keep = np.ones(len(matrix), dtype=bool)
+        keep[where] = False
+        if table is not None:
+            values = table.take(pa.array(where))
+        else:
+            values = pa.Table.from_pandas(
+                raw.iloc[where].astype("string"),
+                preserve_index=False,  # type: ignore[union-attr]
+            )
+        parts = [
+            _bad_table(
+                chunk.positions[where], ["; ".join(problems[i]) for i in where], values, with_id
+            )
+        ]
+        if chunk.ragged:
+            parts.append(
+                _bad_table(
+                    np.asarray([r.position for r in chunk.ragged], dtype=np.int64),
+                    [
+                        f"has {r.fields} fields, expected {r.expected}: {r.text[:120]}"
+                        for r in chunk.ragged
+                    ],
+                    None,
+                    with_id,
+                )
+            )
+            counts["fields", "*"] += len(chunk.ragged)
+        bad = pa.concat_tables(parts).sort_by("row")
+        matrix, positions = matrix[keep], chunk.positions[keep]
+        ids = ids[keep] if ids is not None else None
+        empty_rows = int(np.isnan(matrix).all(axis=1).sum())
+    else:
+        positions = chunk.positions
+    features = pd.DataFrame(matrix, columns=list(KPI_FEATURES), copy=False)
+    return CheckedChunk(features, positions, ids, bad, empty_rows, counts)
+
+
+# --- the Great Expectations contract on the first rows ------------------------------------------
+
+
+class ContractSample:
+    """Run the GX contract on the first rows of a file in a background thread, then check that it
+    agrees with the numpy row checks on those rows (it is the reference they implement)."""
+
+    def __init__(self, rows: int, settings: DataSettings, source: str) -> None:
+        self.rows, self.settings, self.source = rows, settings, source
+        self._thread: threading.Thread | None = None
+        self._report: Any = None
+        self._error: BaseException | None = None
+        self._expected: Counter[tuple[str, str]] = Counter()
+        self._sample_rows = 0
+
+    def offer(self, chunk: RawChunk) -> None:
+        """Take the sample from the file's first chunk (later calls do nothing)."""
+        if self._thread is not None or self.rows <= 0:
+            return
+        n = min(self.rows, len(chunk.positions))
+        if n == 0:
+            return
+        if chunk.typed is not None:
+            sample = RawChunk(positions=chunk.positions[:n], typed=chunk.typed.slice(0, n))
+            frame = sample.typed.to_pandas()  # type: ignore[union-attr]
+        else:
+            raw = chunk.raw.iloc[:n].reset_index(drop=True)  # type: ignore[union-attr]
+            sample, frame = RawChunk(positions=chunk.positions[:n], raw=raw), raw
+        self._expected = check_chunk(sample).cell_counts
+        self._sample_rows = n
+        self._thread = threading.Thread(target=self._validate, args=(frame,), daemon=True)
+        self._thread.start()
+
+    def _validate(self, frame: pd.DataFrame) -> None:
+        try:
+            self._report, _ = validate_frame(frame, self.source, self.settings, require_label=False)
+        except BaseException as exc:  # reported by result()
+            self._error = exc
+
+    def result(self) -> dict[str, Any] | None:
+        """Wait for the contract; raise if it blocks rows the numpy checks let through."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        report = self._report
+        found: Counter[tuple[str, str]] = Counter()
+        for issue in report.errors:
+            found[issue.check, issue.column or "*"] += issue.count or 1
+        if found != self._expected:
+            raise SystemHealerError(
+                f"{self.source}: the Great Expectations contract and the chunk checks disagree on "
+                f"the first {self._sample_rows} rows (contract: {dict(found)}, chunk checks: "
+                f"{dict(self._expected)}); please report this, with the file if possible"
+            )
+        return {
+            "rows": self._sample_rows,
+            "blocking_issues": len(report.errors),
+            "warnings": len(report.warnings),
+            "checks_run": report.checks_run,
+        }
+
+
+# --- scoring chunks -----------------------------------------------------------------------------
+
+# Rows per call of the diagnoser: bounds the preprocessing's temporaries (its encoding expands a
+# row many-fold) whatever the chunk size. Calls run on ``threads`` threads at once: numpy and
+# torch release the GIL, so the cores are shared with the parsing thread.
+SCORE_BATCH_ROWS = 4096
+DEFAULT_THREADS = max(1, min(2, os.cpu_count() or 1))
+
+
+def diagnose_rows(
+    model: ScoringModel, features: pd.DataFrame, pool: ThreadPoolExecutor | None = None
+) -> pd.DataFrame:
+    """``FaultDiagnoser.diagnose`` in batches of at most :data:`SCORE_BATCH_ROWS` rows."""
+    parts = max(1, -(-len(features) // SCORE_BATCH_ROWS))
+    if parts == 1:
+        return model.diagnoser.diagnose(features, model.deployment)
+    bounds = np.linspace(0, len(features), parts + 1).astype(int)
+    batches = [features.iloc[a:b] for a, b in itertools.pairwise(bounds)]
+
+    def probabilities(batch: pd.DataFrame) -> np.ndarray:
+        return model.diagnoser.probabilities(batch, model.deployment)
+
+    results = list(pool.map(probabilities, batches) if pool else map(probabilities, batches))
+    return diagnoses_frame(np.concatenate(results))
+
+
+@dataclass
+class _Tally:
+    rows_seen: int = 0
+    rows: int = 0
+    bad_rows: int = 0
+    empty_rows: int = 0
+    chunks: int = 0
+    class_counts: np.ndarray = field(default_factory=lambda: np.zeros(len(FAULT_CLASSES), int))
+
+    def counts(self) -> dict[str, int]:
+        return {str(c): int(n) for c, n in zip(FAULT_CLASSES, self.class_counts, strict=True) if n}
+
+
+def _bad_rows_message(source: str, bad: pa.Table, offset: int | None, where: str = "") -> str:
+    first = bad.slice(0, 1).to_pylist()[0]
+    row = f"row {first['row'] + 1 + offset}" if offset is not None else f"a row{where}"
+    ident = f" (sample_id {first[SAMPLE_ID]})" if first.get(SAMPLE_ID) else ""
+    more = f" (and {bad.num_rows - 1} more bad rows in the same chunk)" if bad.num_rows > 1 else ""
+    return f"{source}: {row}{ident}: {first['reason']}{more}; nothing was written ({_SKIP_HINT})"
+
+
+def _score_chunks(
+    chunks: Iterable[RawChunk],
+    model: ScoringModel,
+    out: AtomicTableWriter,
+    bad_out: AtomicTableWriter | None,
+    source: str,
+    first_row: int | None,
+    on_chunk: Callable[[RawChunk, _Tally], None] | None = None,
+    contract: ContractSample | None = None,
+    where: str = "",
+    threads: int = 1,
+) -> _Tally:
+    """Check, score and write chunks; bad rows go to ``bad_out`` (or raise if it is None)."""
+    tally = _Tally()
+    pool = stack_pool = None
+    if threads > 1:
+        stack_pool = pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
+    try:
+        _score_loop(
+            chunks, model, out, bad_out, source, first_row, on_chunk, contract, where, pool, tally
+        )
+    finally:
+        if stack_pool is not None:
+            stack_pool.shutdown(wait=True, cancel_futures=True)
+    return tally
+
+
+def _score_loop(
+    chunks: Iterable[RawChunk],
+    model: ScoringModel,
+    out: AtomicTableWriter,
+    bad_out: AtomicTableWriter | None,
+    source: str,
+    first_row: int | None,
+    on_chunk: Callable[[RawChunk, _Tally], None] | None,
+    contract: ContractSample | None,
+    where: str,
+    pool: ThreadPoolExecutor | None,
+    tally: _Tally,
+) -> None:
+    offset = first_row or 0
+    for chunk in chunks:
+        if contract is not None:
+            contract.offer(chunk)
+        checked = check_chunk(chunk)
+        if checked.bad is not None:
+            if bad_out is None:
+                raise DataValidationError(_bad_rows_message(source, checked.bad, first_row, where))
+            rows = pc.add(checked.bad.column("row"), 1 + offset)
+            bad_out.write(checked.bad.set_column(0, "row", rows))
+            tally.bad_rows += checked.bad.num_rows
+        diagnoses = diagnose_rows(model, checked.features, pool)
+        ids = checked.ids if checked.ids is not None else checked.positions + offset
+        diagnoses.insert(0, SAMPLE_ID, ids)
+        out.write(pa.Table.from_pandas(spreadsheet_safe(diagnoses), preserve_index=False))
+        tally.class_counts += np.bincount(
+            diagnoses["predicted_label"].to_numpy(), minlength=len(FAULT_CLASSES)
+        )[: len(FAULT_CLASSES)]
+        tally.rows += len(diagnoses)
+        tally.rows_seen += chunk.rows
+        tally.empty_rows += checked.empty_rows
+        tally.chunks += 1
+        if on_chunk is not None:
+            on_chunk(chunk, tally)
+
+
+def bad_rows_path(output: Path) -> Path:
+    """The side file of bad rows beside an output: ``out.csv`` → ``out.bad-rows.csv``."""
+    name = output.name
+    for suffix in (".csv.gz", ".csv", ".parquet", ".pq", ".gz"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return output.with_name(name + BAD_ROWS_SUFFIX)
+
+
+def check_job(path: Path, output: Path, on_bad_rows: str) -> None:
+    """Refuse a job that cannot be right before any work: unknown mode, output over input."""
+    if on_bad_rows not in ON_BAD_ROWS:
+        raise DataValidationError(f"--on-bad-rows must be one of {', '.join(ON_BAD_ROWS)}")
+    if output.resolve() in (path.resolve(), bad_rows_path(output).resolve()):
+        raise DataValidationError(f"{output}: the output would overwrite the input")
+    if output.is_dir():
+        raise DataValidationError(f"{output}: is a folder; give the output file's name")
+
+
+def _empty_output_schema() -> pa.Schema:
+    return pa.schema(
+        [(SAMPLE_ID, pa.int64()), ("predicted_label", pa.int64()), ("confidence", pa.float64())]
+        + [(c, pa.float64()) for c in PREDICTION_COLUMNS[3:]]
+    )
+
+
+def _bad_rows_schema(with_id: bool) -> pa.Schema:
+    columns = [SAMPLE_ID, *KPI_FEATURES] if with_id else list(KPI_FEATURES)
+    return pa.schema(
+        [("row", pa.int64()), ("reason", pa.string())] + [(c, pa.string()) for c in columns]
+    )
+
+
+class _ProgressBar:
+    """rows/s and an ETA: exact for Parquet, from the bytes read for CSV."""
+
+    def __init__(self, source: Any, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.csv = not isinstance(source, ParquetSource)
+        self.size = source.size
+        self.bar = tqdm(
+            total=None if self.csv else self.size,
+            unit=" rows",
+            unit_scale=True,
+            desc="scoring",
+            disable=not enabled,
+            mininterval=0.5,
+            smoothing=0.1,
+        )
+
+    def update(self, chunk: RawChunk, tally: _Tally) -> None:
+        if self.csv and chunk.progress:
+            # The total rows of a CSV are estimated from the bytes read so far.
+            self.bar.total = max(
+                tally.rows_seen, round(tally.rows_seen * self.size / chunk.progress)
+            )
+        self.bar.update(chunk.rows)
+
+    def close(self) -> None:
+        if self.csv and self.bar.total is not None:
+            self.bar.total = self.bar.n
+            self.bar.refresh()
+        self.bar.close()
+
+
+def stream_file(
+    path: Path | str,
+    output: Path | str,
+    model: ScoringModel | ModelLoader,
+    settings: Settings,
+    on_bad_rows: str = "fail",
+    chunk_rows: int | None = None,
+    progress: bool = False,
+    threads: int = DEFAULT_THREADS,
+) -> ScoringSummary:
+    """Score a CSV/Parquet file chunk by chunk into ``output`` (CSV or Parquet by its name).
+
+    ``model`` may be a loader: it is then called while the first chunks are being parsed.
+    ``on_bad_rows``: ``fail`` stops at the first bad row and writes nothing; ``skip`` scores the
+    other rows and writes the bad ones with their reasons to :func:`bad_rows_path`.
+    """
+    path, output = Path(path), Path(output)
+    check_job(path, output, on_bad_rows)
+    source = open_source(path)  # the header is checked before anything else happens
+    chunk_rows = chunk_rows or settings.scoring.chunk_rows
+    started = time.perf_counter()
+    contract = ContractSample(settings.scoring.gx_sample_rows, settings.data, str(path))
+    with contextlib.ExitStack() as stack:
+        chunks = stack.enter_context(Prefetch(source.chunks(chunk_rows), depth=2))
+        out = stack.enter_context(AtomicTableWriter(output, list(PREDICTION_COLUMNS)))
+        bad_out = None
+        if on_bad_rows == "skip":
+            bad_out = stack.enter_context(
+                AtomicTableWriter(bad_rows_path(output), ["row", "reason", *_id_columns(source)])
+            )
+        # The model loads while the background thread parses the first chunks.
+        loaded = model if isinstance(model, ScoringModel) else model()
+        bar = _ProgressBar(source, progress)
+        stack.callback(bar.close)
+        tally = _score_chunks(
+            chunks, loaded, out, bad_out, str(path), 0, bar.update, contract, threads=threads
+        )
+        if tally.rows_seen == 0:
+            raise DataValidationError(f"{path}: 0 rows; at least 1 needed")
+        contract_result = contract.result()
+        out.commit(_empty_output_schema())
+        if bad_out is not None:
+            bad_out.commit(_bad_rows_schema(SAMPLE_ID in source.include))
+    return ScoringSummary(
+        rows=tally.rows,
+        output=str(output),
+        class_counts=tally.counts(),
+        deployment=loaded.deployment_name,
+        bad_rows=tally.bad_rows,
+        bad_rows_file=str(bad_rows_path(output)) if on_bad_rows == "skip" else None,
+        empty_rows=tally.empty_rows,
+        seconds=time.perf_counter() - started,
+        chunks=tally.chunks,
+        source=str(path),
+        model=loaded.description,
+        contract_sample=contract_result,
+    )
+
+
+def _id_columns(source: Any) -> list[str]:
+    return [SAMPLE_ID, *KPI_FEATURES] if SAMPLE_ID in source.include else list(KPI_FEATURES)
+
+
+# --- partitions (the flow, on threads or Dask workers) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """What scoring one partition produced: a part file of diagnoses (Arrow IPC) and counts."""
+
+    partition: Partition
+    output: str
+    bad_output: str | None
+    rows_seen: int
+    rows: int
+    bad_rows: int
+    empty_rows: int
+    chunks: int
+    class_counts: dict[str, int]
+    seconds: float
+    generated_ids: bool
+    contract_sample: dict[str, Any] | None = None
+
+
+def plan_partitions(path: Path | str, count: int) -> list[Partition]:
+    """Split a file into about ``count`` partitions (CSV byte ranges, Parquet row groups)."""
+    return open_source(Path(path)).partitions(count)
+
+
+def score_partition(
+    partition: Partition,
+    staging: Path | str,
+    model: ScoringModel,
+    settings: Settings,
+    on_bad_rows: str = "fail",
+    chunk_rows: int | None = None,
+    threads: int = 1,
+) -> PartResult:
+    """Score one partition into ``staging/part-NNNNN.arrow`` (+ ``.bad.arrow`` when skipping)."""
+    started = time.perf_counter()
+    staging = Path(staging)
+    source = open_source(Path(partition.path))
+    name = f"part-{partition.index:05d}"
+    contract = (
+        ContractSample(settings.scoring.gx_sample_rows, settings.data, partition.path)
+        if partition.index == 0
+        else None
+    )
+    where = f" of partition {partition.index + 1}/{partition.count}"
+    chunk_rows = chunk_rows or settings.scoring.chunk_rows
+    with contextlib.ExitStack() as stack:
+        chunks = stack.enter_context(Prefetch(source.chunks(chunk_rows, partition), depth=1))
+        out = stack.enter_context(
+            AtomicTableWriter(staging / f"{name}.arrow", list(PREDICTION_COLUMNS), kind="arrow")
+        )
+        bad_out = None
+        if on_bad_rows == "skip":
+            bad_out = stack.enter_context(
+                AtomicTableWriter(
+                    staging / f"{name}.bad.arrow", ["row", "reason", *_id_columns(source)], "arrow"
+                )
+            )
+        tally = _score_chunks(
+            chunks,
+            model,
+            out,
+            bad_out,
+            partition.path,
+            partition.first_row,
+            None,
+            contract,
+            where,
+            threads,
+        )
+        contract_result = contract.result() if contract is not None else None
+        out.commit(_empty_output_schema())
+        if bad_out is not None:
+            bad_out.commit(_bad_rows_schema(SAMPLE_ID in source.include))
+    return PartResult(
+        partition=partition,
+        output=str(staging / f"{name}.arrow"),
+        bad_output=str(staging / f"{name}.bad.arrow") if bad_out is not None else None,
+        rows_seen=tally.rows_seen,
+        rows=tally.rows,
+        bad_rows=tally.bad_rows,
+        empty_rows=tally.empty_rows,
+        chunks=tally.chunks,
+        class_counts=tally.counts(),
+        seconds=time.perf_counter() - started,
+        generated_ids=SAMPLE_ID not in source.include,
+        contract_sample=contract_result,
+    )
+
+
+def _copy_part(path: str, writer: AtomicTableWriter, column: str | None, offset: int) -> None:
+    with pa.memory_map(path) as handle:
+        reader = pa.ipc.open_file(handle)
+        for i in range(reader.num_record_batches):
+            table = pa.Table.from_batches([reader.get_batch(i)])
+            if column is not None and offset:
+                index = table.schema.get_field_index(column)
+                table = table.set_column(index, column, pc.add(table.column(column), offset))
+            writer.write(table)
+
+
+def merge_partitions(
+    path: Path | str,
+    output: Path | str,
+    parts: list[PartResult],
+    model: ScoringModel,
+    on_bad_rows: str = "fail",
+    seconds: float | None = None,
+) -> ScoringSummary:
+    """Concatenate the parts of one file in order into ``output`` (atomically), fixing row
+    numbers of CSV byte ranges that did not know how many rows came before them."""
+    path, output = Path(path), Path(output)
+    parts = sorted(parts, key=lambda p: p.partition.index)
+    bad_schema = _bad_rows_schema(bool(parts) and not parts[0].generated_ids)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(AtomicTableWriter(output, list(PREDICTION_COLUMNS)))
+        bad_out = None
+        if on_bad_rows == "skip":
+            bad_out = stack.enter_context(
+                AtomicTableWriter(bad_rows_path(output), bad_schema.names)
+            )
+        rows_before = 0
+        for part in parts:
+            offset = rows_before if part.partition.first_row is None else 0
+            _copy_part(part.output, out, SAMPLE_ID if part.generated_ids else None, offset)
+            if bad_out is not None and part.bad_output:
+                _copy_part(part.bad_output, bad_out, "row", offset)
+            rows_before += part.rows_seen
+        if rows_before == 0:
+            raise DataValidationError(f"{path}: 0 rows; at least 1 needed")
+        out.commit(_empty_output_schema())
+        if bad_out is not None:
+            bad_out.commit(bad_schema)
+    counts: Counter[str] = Counter()
+    for part in parts:
+        counts.update(part.class_counts)
+    contract = next((p.contract_sample for p in parts if p.contract_sample), None)
+    return ScoringSummary(
+        rows=sum(p.rows for p in parts),
+        output=str(output),
+        class_counts={c: counts[c] for c in sorted(counts, key=int)},
+        deployment=model.deployment_name,
+        bad_rows=sum(p.bad_rows for p in parts),
+        bad_rows_file=str(bad_rows_path(output)) if on_bad_rows == "skip" else None,
+        empty_rows=sum(p.empty_rows for p in parts),
+        seconds=seconds if seconds is not None else sum(p.seconds for p in parts),
+        chunks=sum(p.chunks for p in parts),
+        partitions=len(parts),
+        source=str(path),
+        model=model.description,
+        contract_sample=contract,
+    )
+
+
+# --- for the command line and the flow ----------------------------------------------------------
+
+
+def model_loader(
+    settings: Settings, model_uri: str | None = None, deployment: str | None = None
+) -> ModelLoader:
+    """A loader of the champion (or ``model_uri``) with the statistics of ``deployment``."""
+
+    def load() -> ScoringModel:
+        from systemhealer import deployments, tracking
+
+        diagnoser, version = tracking.load_diagnoser(settings, model_uri)
+        stats = deployments.deployment_stats(settings, diagnoser, deployment)
+        description = f"version {version.version}" if version else str(model_uri)
+        return ScoringModel(diagnoser, stats, description)
+
+    return load
+
+
+def summary_text(summary: ScoringSummary) -> str:
+    """What a job did, in a few lines for the terminal."""
+    lines = [
+        f"{summary.rows} incidents diagnosed with {summary.model} "
+        f"(deployment statistics: {summary.deployment}) → {summary.output}",
+        f"predicted fault classes: {summary.class_counts}",
+        f"{summary.seconds:.1f} s, {summary.rows_per_second:,.0f} incidents/s, "
+        f"{summary.chunks} chunks"
+        + (f" in {summary.partitions} partitions" if summary.partitions > 1 else ""),
+    ]
+    if summary.bad_rows_file is not None:
+        lines.append(f"bad rows: {summary.bad_rows} set aside → {summary.bad_rows_file}")
+    if summary.empty_rows:
+        lines.append(
+            f"{summary.empty_rows} incidents have no KPI value at all (diagnosed from the "
+            "deployment's typical values)"
+        )
+    if summary.contract_sample:
+        sample = summary.contract_sample
+        lines.append(
+            f"data contract (Great Expectations) on the first {sample['rows']} rows: "
+            f"{sample['blocking_issues']} blocking issues (set aside), {sample['warnings']} warnings"
+        )
+    return "\n".join(lines)
