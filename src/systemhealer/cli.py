@@ -97,7 +97,9 @@ def train(
     verdict = "promoted to champion" if outcome["promoted"] else "registered, NOT promoted"
     typer.echo(
         f"model version {outcome['model_version']} {verdict}: {outcome['gate_reason']}\n"
-        f"evaluation macro-F1 {outcome['eval_macro_f1']:.4f}, accuracy {outcome['eval_accuracy']:.4f}, "
+        f"evaluation macro-F1 {outcome['eval_macro_f1']:.4f}, accuracy {outcome['eval_accuracy']:.4f}; "
+        f"simulated other deployments: macro-F1 {outcome['shift_macro_f1']:.4f} calibrated, "
+        f"{outcome['shift_uncalibrated_macro_f1']:.4f} uncalibrated\n"
         f"{outcome['epochs']} epochs in {outcome['train_seconds']} s; MLflow run {outcome['run_id']}"
     )
 
@@ -179,6 +181,90 @@ def predict(
 
 
 @app.command()
+def sweep(
+    path: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file of incidents.")],
+    candidates: Annotated[
+        str | None, typer.Option(help="Comma-separated candidate names (default: all).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train candidate configurations (and a GBT baseline), register the best MLP behind the gate."""
+    from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
+
+    settings = _settings(config)
+    prepare_prefect(settings)
+    from flows.sweep import sweep_flow
+
+    quiet_prefect_console()
+    names = [c.strip() for c in candidates.split(",")] if candidates else None
+    outcome = sweep_flow(str(path), str(config) if config else None, names)
+    verdict = "promoted to champion" if outcome["promoted"] else "registered, NOT promoted"
+    typer.echo(outcome["table"])
+    typer.echo(
+        f"best: {outcome['best']} → version {outcome['model_version']} {verdict}: {outcome['gate_reason']}"
+    )
+
+
+@app.command()
+def calibrate(
+    name: Annotated[str, typer.Argument(help="Deployment name (letters, digits, _ . -).")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="Unlabelled incidents of that deployment (a label column is ignored)."),
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Register or replace deployment NAME from a reference window of its incidents."""
+    from systemhealer import deployments, tracking, validation
+    from systemhealer.data import LABEL, read_incidents
+    from systemhealer.errors import ModelNotFoundError
+
+    settings = _settings(config)
+    deployments.check_name(name)
+    raw = read_incidents(path)
+    raw = raw.drop(columns=[c for c in raw.columns if str(c).strip() == LABEL])  # never see labels
+    report, incidents = validation.validate_frame(
+        raw, str(path), settings.data, require_label=False
+    )
+    validation.require_valid(report)
+    info = deployments.register_deployment(settings, name, incidents, str(path))
+    typer.echo(f"deployment '{info.name}' calibrated from {info.rows} incidents of {info.source}")
+    try:
+        diagnoser, version = tracking.load_diagnoser(settings)
+    except ModelNotFoundError:
+        typer.echo("no champion yet: the class-mix estimate is shown once a model is trained")
+        return
+    reference = deployments.load_reference(settings, name)
+    stats = diagnoser.preprocessor.measure_deployment(name, reference)
+    mix = deployments.estimate_deployment_mix(diagnoser, reference, stats)
+    shares = ", ".join(
+        f"{c}: {share:.1%}" for c, share in zip(settings.serving.class_names, mix, strict=True)
+    )
+    applied = (
+        "applied"
+        if settings.calibration.correct_label_shift
+        else "not applied (calibration.correct_label_shift)"
+    )
+    typer.echo(
+        f"estimated class mix (champion v{version.version if version else '?'}, EM): {shares}; correction {applied}"
+    )
+
+
+@app.command(name="deployments")
+def list_deployments_command(config: ConfigOption = None) -> None:
+    """List calibrated deployments."""
+    from systemhealer import deployments
+
+    found = deployments.list_deployments(_settings(config))
+    if not found:
+        typer.echo("no deployments calibrated yet; use `systemhealer calibrate NAME FILE`")
+    for info in found:
+        typer.echo(
+            f"{info.name}: {info.rows} reference incidents from {info.source}, calibrated {info.calibrated_at}"
+        )
+
+
+@app.command()
 def promote(
     version: Annotated[str, typer.Argument(help="Registered model version to make champion.")],
     config: ConfigOption = None,
@@ -241,6 +327,84 @@ def info(config: ConfigOption = None) -> None:
     )
 
 
+@app.command()
+def schedule(config: ConfigOption = None) -> None:
+    """Serve scheduled retraining (inbox → merge → train → gate) and drift checks with Prefect.
+
+    Starts a Prefect server on 127.0.0.1:schedule.prefect_port unless PREFECT_API_URL is set;
+    runs until Ctrl-C or SIGTERM. Crons, folders and thresholds: the `schedule` config section.
+    """
+    from systemhealer.scheduler import run_scheduler
+
+    settings = _settings(config)
+    # The flow runs start in other processes: give them an absolute config path.
+    run_scheduler(settings, str(config.resolve()) if config else None, echo=typer.echo)
+
+
+@app.command()
+def retrain(
+    config: ConfigOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Run the retraining flow once, now: merge the inbox; train if the data changed."""
+    from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
+
+    settings = _settings(config)
+    prepare_prefect(settings)
+    from flows.retraining import retraining_flow
+
+    quiet_prefect_console()
+    outcome = retraining_flow(str(config.resolve()) if config else None)
+    if as_json:
+        _echo_json(outcome)
+        return
+    for file in outcome.get("inbox", {}).get("files", []):
+        where = f" → {file['report']}" if file["status"] == "rejected" else ""
+        typer.echo(f"{file['name']}: {file['status']} — {file['message']}{where}")
+    training = outcome.get("training")
+    if training:
+        verdict = "promoted to champion" if training["promoted"] else "registered, NOT promoted"
+        typer.echo(
+            f"model version {training['model_version']} {verdict}: {training['gate_reason']}"
+        )
+    else:
+        typer.echo(f"no training: {outcome['reason']}")
+
+
+@app.command()
+def drift(
+    path: Annotated[
+        Path | None, typer.Argument(help="File of incidents (default: the drift inbox).")
+    ] = None,
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift", help="Exit with code 1 if drift is found.")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check incidents for drift against the champion's training profile; keep the report."""
+    from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
+
+    settings = _settings(config)
+    prepare_prefect(settings)
+    from flows.drift import drift_flow
+
+    quiet_prefect_console()
+    if path is not None and not path.is_file():
+        raise SystemHealerError(f"{path}: no such file")
+    outcome = drift_flow(
+        str(config.resolve()) if config else None, str(path.resolve()) if path else None
+    )
+    if as_json:
+        _echo_json(outcome)
+    else:
+        for checked in outcome["checked"]:
+            typer.echo(f"{checked['headline']}\nreport: {checked['report_id']}")
+        if not outcome["checked"]:
+            typer.echo(f"nothing checked ({outcome.get('reason', 'the drift inbox is empty')})")
+    drifted = any(c["summary"].get("drift_detected") for c in outcome["checked"])
+    raise typer.Exit(1 if fail_on_drift and drifted else 0)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and an exit code, no traceback."""
     try:
@@ -254,9 +418,8 @@ def main() -> None:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except Exception as exc:  # a bug: one line, the traceback only on request
-        import click
-
-        if isinstance(exc, click.ClickException):
+        # Usage errors (typer vendors click: match by interface, not by class).
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("SYSTEMHEALER_DEBUG"):

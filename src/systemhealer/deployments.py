@@ -11,11 +11,12 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from systemhealer.config import Settings
@@ -23,10 +24,9 @@ from systemhealer.data import KPI_FEATURES, feature_matrix
 from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import DataValidationError, DeploymentNotFoundError
 from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
+from systemhealer.label_shift import estimate_class_mix
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MAX_REFERENCE_ROWS = 50_000
-MIN_REFERENCE_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,14 @@ def register_deployment(
     """Register or replace deployment ``name`` from validated, unlabelled (or label-stripped) incidents."""
     reference = feature_matrix(incidents)
     reference = reference[reference.notna().any(axis=1)]
-    if len(reference) < MIN_REFERENCE_ROWS:
+    limits = settings.calibration
+    if len(reference) < limits.min_reference_rows:
         raise DataValidationError(
-            f"a deployment needs at least {MIN_REFERENCE_ROWS} incidents with KPI values to "
-            f"calibrate; got {len(reference)}"
+            f"a deployment needs at least {limits.min_reference_rows} incidents with KPI values "
+            f"to calibrate; got {len(reference)}"
         )
-    if len(reference) > MAX_REFERENCE_ROWS:
-        reference = reference.sample(MAX_REFERENCE_ROWS, random_state=0)
+    if len(reference) > limits.max_reference_rows:
+        reference = reference.sample(limits.max_reference_rows, random_state=0)
     data_path, meta_path = _paths(settings, name)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     info = DeploymentInfo(
@@ -136,6 +137,18 @@ def deployment_stats(
     key = (name, data_path.stat().st_mtime_ns if data_path.exists() else 0)
     cached = diagnoser.deployment_cache.get(key)
     if cached is None:
-        cached = diagnoser.preprocessor.measure_deployment(name, load_reference(settings, name))
+        reference = load_reference(settings, name)
+        cached = diagnoser.preprocessor.measure_deployment(name, reference)
+        if settings.calibration.correct_label_shift:
+            cached = replace(
+                cached, class_mix=estimate_deployment_mix(diagnoser, reference, cached)
+            )
         diagnoser.deployment_cache[key] = cached
     return cached
+
+
+def estimate_deployment_mix(
+    diagnoser: FaultDiagnoser, reference: pd.DataFrame, stats: DeploymentStats
+) -> np.ndarray:
+    """EM estimate of a deployment's class mix from the model's view of its reference window."""
+    return estimate_class_mix(diagnoser.probabilities(reference, replace(stats, class_mix=None)))

@@ -18,6 +18,7 @@ import torch
 from systemhealer.config import FAULT_CLASSES
 from systemhealer.data import PROBA_COLUMNS
 from systemhealer.features import DeploymentStats, KpiPreprocessor
+from systemhealer.label_shift import correct_probabilities
 from systemhealer.model import FaultMLP
 from systemhealer.validation import DataProfile
 
@@ -48,7 +49,10 @@ class FaultDiagnoser:
             return np.zeros((0, len(FAULT_CLASSES)), dtype=np.float32)
         self.network.eval()
         inputs = torch.from_numpy(self.preprocessor.transform(features, deployment))
-        return torch.softmax(self.network(inputs), dim=1).numpy()
+        probabilities = torch.softmax(self.network(inputs), dim=1).numpy()
+        if deployment is not None and deployment.class_mix is not None:
+            probabilities = correct_probabilities(probabilities, deployment.class_mix)
+        return probabilities
 
     def diagnose(
         self, features: pd.DataFrame, deployment: DeploymentStats | None = None

@@ -80,6 +80,8 @@ class DeploymentStats:
     quantiles: np.ndarray  # (len(probs), len(columns)), non-decreasing per column
     rows: int
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # Estimated class mix of the deployment; when set, probabilities are corrected for it.
+    class_mix: np.ndarray | None = None
 
     @classmethod
     def measure(
@@ -123,6 +125,7 @@ class DeploymentStats:
             "quantiles": self.quantiles.tolist(),
             "rows": self.rows,
             "created_at": self.created_at,
+            "class_mix": None if self.class_mix is None else self.class_mix.tolist(),
         }
 
     @classmethod
@@ -134,6 +137,9 @@ class DeploymentStats:
             quantiles=np.asarray(payload["quantiles"], dtype=np.float64),
             rows=int(payload["rows"]),
             created_at=payload.get("created_at", ""),
+            class_mix=None
+            if payload.get("class_mix") is None
+            else np.asarray(payload["class_mix"]),
         )
 
 
