@@ -9,6 +9,7 @@ from prefect import flow, task
 
 from systemhealer import pipeline, tracking
 from systemhealer.config import Settings, load_settings
+from systemhealer.locks import training_lock
 from systemhealer.training import EpochCallback, prepare_training_data
 
 
@@ -54,7 +55,12 @@ def training_flow(
 ) -> dict[str, Any]:
     """Train a fault-diagnosis model on a labelled file and register it behind the gate."""
     settings = load_settings(config_file)
-    with tracking.training_run(settings, run_name=f"train-{Path(path).stem}") as run_id:
+    # One training at a time per state folder (others queue); the lock also marks the runs of
+    # trainings that died (SIGKILL, power loss) FAILED.
+    with (
+        training_lock(settings) as lock_tags,
+        tracking.training_run(settings, f"train-{Path(path).stem}", lock_tags) as run_id,
+    ):
         _, frame = validate(path, settings)
         prepared = preprocess(frame, settings, path)
         result = train(prepared, settings, on_epoch, show_progress)

@@ -405,6 +405,84 @@ def drift(
     raise typer.Exit(1 if fail_on_drift and drifted else 0)
 
 
+@app.command()
+def schedule(config: ConfigOption = None) -> None:
+    """Serve scheduled retraining (inbox → merge → train → gate) and drift checks with Prefect.
+
+    Starts a Prefect server on 127.0.0.1:schedule.prefect_port unless PREFECT_API_URL is set;
+    runs until Ctrl-C or SIGTERM. Crons, folders and thresholds: the `schedule` config section.
+    """
+    from systemhealer.scheduler import run_scheduler
+
+    settings = _settings(config)
+    # The flow runs start in other processes: give them an absolute config path.
+    run_scheduler(settings, str(config.resolve()) if config else None, echo=typer.echo)
+
+
+@app.command()
+def retrain(
+    config: ConfigOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Run the retraining flow once, now: merge the inbox; train if the data changed."""
+    from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
+
+    settings = _settings(config)
+    prepare_prefect(settings)
+    from flows.retraining import retraining_flow
+
+    quiet_prefect_console()
+    outcome = retraining_flow(str(config.resolve()) if config else None)
+    if as_json:
+        _echo_json(outcome)
+        return
+    for file in outcome.get("inbox", {}).get("files", []):
+        where = f" → {file['report']}" if file["status"] == "rejected" else ""
+        typer.echo(f"{file['name']}: {file['status']} — {file['message']}{where}")
+    training = outcome.get("training")
+    if training:
+        verdict = "promoted to champion" if training["promoted"] else "registered, NOT promoted"
+        typer.echo(
+            f"model version {training['model_version']} {verdict}: {training['gate_reason']}"
+        )
+    else:
+        typer.echo(f"no training: {outcome['reason']}")
+
+
+@app.command()
+def drift(
+    path: Annotated[
+        Path | None, typer.Argument(help="File of incidents (default: the drift inbox).")
+    ] = None,
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift", help="Exit with code 1 if drift is found.")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check incidents for drift against the champion's training profile; keep the report."""
+    from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
+
+    settings = _settings(config)
+    prepare_prefect(settings)
+    from flows.drift import drift_flow
+
+    quiet_prefect_console()
+    if path is not None and not path.is_file():
+        raise SystemHealerError(f"{path}: no such file")
+    outcome = drift_flow(
+        str(config.resolve()) if config else None, str(path.resolve()) if path else None
+    )
+    if as_json:
+        _echo_json(outcome)
+    else:
+        for checked in outcome["checked"]:
+            typer.echo(f"{checked['headline']}\nreport: {checked['report_id']}")
+        if not outcome["checked"]:
+            typer.echo(f"nothing checked ({outcome.get('reason', 'the drift inbox is empty')})")
+    drifted = any(c["summary"].get("drift_detected") for c in outcome["checked"])
+    raise typer.Exit(1 if fail_on_drift and drifted else 0)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and an exit code, no traceback."""
     try:

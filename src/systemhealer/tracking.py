@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +326,100 @@ def run_url(settings: Settings, run_id: str, ui_base: str = "http://127.0.0.1:50
     client = configure(settings)
     experiment_id = client.get_run(run_id).info.experiment_id
     return f"{ui_base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+# --- crash recovery and monitoring runs (scheduled retraining, drift) ---
+
+
+def fail_interrupted_runs(settings: Settings, tag: str, value: str) -> list[str]:
+    """Mark RUNNING training runs tagged ``tag=value`` FAILED: their process died mid-run.
+
+    The caller holds the lock named by the tag, so no live training can own them. A model version
+    such a run registered before the gate decided is tagged ``gate=interrupted``; the champion
+    alias is never touched.
+    """
+    client = configure(settings)
+    experiment = client.get_experiment_by_name(settings.registry.experiment_name)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{tag}` = '{value}'",
+        max_results=1000,
+    )
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    failed = []
+    for run in runs:
+        run_id = run.info.run_id
+        client.set_tag(run_id, "systemhealer.interrupted", f"process died; marked FAILED {stamp}")
+        client.set_terminated(run_id, status="FAILED")
+        failed.append(run_id)
+        try:
+            versions = client.search_model_versions(f"run_id = '{run_id}'")
+        except MlflowException:
+            versions = []
+        for mv in versions:
+            if "gate" not in (mv.tags or {}):
+                client.set_model_version_tag(mv.name, mv.version, "gate", "interrupted")
+                client.set_model_version_tag(
+                    mv.name, mv.version, "gate_reason", "the training died before the gate ran"
+                )
+        log.warning("marked interrupted training run %s FAILED", run_id)
+    return failed
+
+
+def monitoring_experiment(settings: Settings) -> str:
+    """Name of the experiment that holds drift checks (apart from the training runs)."""
+    return f"{settings.registry.experiment_name}-monitoring"
+
+
+@contextmanager
+def monitoring_run(
+    settings: Settings, run_name: str, tags: dict[str, str] | None = None
+) -> Iterator[str]:
+    """An MLflow run in the monitoring experiment (marked FAILED if the block raises)."""
+    client = configure(settings)
+    name = monitoring_experiment(settings)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        if settings.mlflow_tracking_uri is None:
+            location = (settings.artifact_root / "monitoring").as_uri()
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            experiment_id = found.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        yield run.info.run_id
+
+
+def list_runs(
+    settings: Settings, experiment: str, filter_string: str = "", max_results: int = 100
+) -> list[dict[str, Any]]:
+    """Runs of an experiment, newest first: id, status, times, tags, metrics."""
+    client = configure(settings)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=filter_string,
+        max_results=max_results,
+        order_by=["attributes.start_time DESC"],
+    )
+    return [
+        {
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "start_ms": run.info.start_time,
+            "end_ms": run.info.end_time,
+            "tags": dict(run.data.tags),
+            "metrics": dict(run.data.metrics),
+        }
+        for run in runs
+    ]

@@ -104,9 +104,14 @@ class DataProfile:
     high: dict[str, float]
     missing_fraction: dict[str, float]
     rows: int
+    # Per-feature distribution sketches for drift distances (see systemhealer.drift); empty in
+    # models trained before they existed.
+    distributions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def learn(cls, features: pd.DataFrame) -> DataProfile:
+        from systemhealer.drift import sketch_features
+
         low, high, missing = {}, {}, {}
         for column in KPI_FEATURES:
             values = features[column]
@@ -115,7 +120,13 @@ class DataProfile:
             if len(finite):
                 low[column] = float(finite.quantile(0.005))
                 high[column] = float(finite.quantile(0.995))
-        return cls(low=low, high=high, missing_fraction=missing, rows=len(features))
+        return cls(
+            low=low,
+            high=high,
+            missing_fraction=missing,
+            rows=len(features),
+            distributions=sketch_features(features),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,57 @@
+"""Scheduled drift checks: each new unlabelled file against the champion's training profile.
+
+Served on ``schedule.drift_cron`` by ``systemhealer schedule``; ``systemhealer drift FILE``
+checks one file at once. Reports: MLflow (monitoring experiment) and JSON under ``<home>/drift``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from systemhealer import drift, tracking
+from systemhealer.config import Settings, load_settings
+from systemhealer.inbox import settled_files
+
+
+@task(name="check drift")
+def check_one(path: str, settings: Settings, keep_file: bool) -> dict[str, Any]:
+    """Check one file, keep and log its report, move it out of the drift inbox."""
+    diagnoser, version = tracking.load_diagnoser(settings)
+    report = drift.check_file(Path(path), settings, diagnoser, version.version if version else None)
+    drift.log_report(report, settings)
+    drift.save_report(report, settings)
+    if not keep_file:
+        drift.move_checked(Path(path), settings)
+    return report.to_dict() | {"headline": report.headline()}
+
+
+@flow(name="drift", log_prints=True)
+def drift_flow(config_file: str | None = None, path: str | None = None) -> dict[str, Any]:
+    """Check ``path``, or every settled file of the drift inbox, for drift."""
+    logger = get_run_logger()
+    settings = load_settings(config_file)
+    if path is not None:
+        files, waiting, keep = [Path(path)], [], True
+    else:
+        settings.drift_inbox_dir.mkdir(parents=True, exist_ok=True)
+        files, waiting = settled_files(settings.drift_inbox_dir, settings.schedule.settle_seconds)
+        keep = False
+    if files and tracking.champion(settings) is None:
+        # Nothing to compare with: the files wait in the inbox for the first champion.
+        logger.warning("no champion yet: %d file(s) wait for one", len(files))
+        return {
+            "checked": [],
+            "waiting": [p.name for p in files + waiting],
+            "reason": "no champion",
+        }
+    checked = []
+    for file in files:
+        report = check_one(str(file), settings, keep)
+        logger.info(report["headline"])
+        checked.append(
+            {k: report[k] for k in ("source", "report_id", "mlflow_run_id", "summary", "headline")}
+        )
+    return {"checked": checked, "waiting": [p.name for p in waiting]}
