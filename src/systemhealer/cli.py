@@ -328,6 +328,36 @@ def info(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def serve(
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port (default: serving.port, 3000).")
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Address to bind (default: serving.host, 127.0.0.1)."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the champion over HTTP (BentoML) until Ctrl-C; takes up new champions live."""
+    from systemhealer import tracking
+    from systemhealer.serve import run_service
+
+    settings = _settings(config)
+    host, port = host or settings.serving.host, port or settings.serving.port
+    url = f"http://{host}:{port}"
+    if tracking.champion(settings) is None:
+        typer.echo(
+            f"note: no champion yet; the service starts but is not ready until "
+            f"`systemhealer train FILE` registers one (it is taken up without a restart)"
+        )
+    typer.echo(
+        f"serving {settings.model_uri} on {url}: POST /predict, /predict_batch, /predict_csv; "
+        f"GET /model_info, /readyz; API docs {url}/docs (Ctrl-C to stop)"
+    )
+    raise typer.Exit(run_service(settings, host, port, config))
+
+
+@app.command()
 def schedule(config: ConfigOption = None) -> None:
     """Serve scheduled retraining (inbox → merge → train → gate) and drift checks with Prefect.
 

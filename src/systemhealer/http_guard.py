@@ -1,0 +1,158 @@
+"""An ASGI middleware that turns bad requests away before any parsing: 4xx, never 5xx.
+
+BentoML parses any content type as JSON and has no body-size limit of its own, and a broken
+multipart body would surface as a 500 from deep inside the framework. This guard answers first:
+415 for a wrong content type, 413 for a body over the limit (checked on ``Content-Length``, or
+counted for chunked bodies), 401 without the configured API token. It also makes ``/readyz`` say
+*why* the service is not ready (e.g. there is no champion yet).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.3g} MB"
+
+
+async def _answer(send: Send, status: int, payload: dict[str, Any] | str) -> None:
+    if isinstance(payload, str):
+        body, kind = payload.encode(), b"text/plain; charset=utf-8"
+    else:
+        body, kind = json.dumps(payload).encode(), b"application/json"
+    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """Checks content type, size and token of requests to the API routes."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        json_routes: Collection[str],
+        upload_routes: Collection[str],
+        max_body_bytes: int,
+        max_upload_bytes: int,
+        api_token: str | None = None,
+        not_ready: Callable[[], str | None] | None = None,
+        readiness_path: str = "/readyz",
+    ) -> None:
+        self.app = app
+        self.json_routes = frozenset(json_routes)
+        self.upload_routes = frozenset(upload_routes)
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.api_token = api_token
+        self.not_ready = not_ready
+        self.readiness_path = readiness_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path == self.readiness_path and self.not_ready is not None:
+            try:
+                reason = self.not_ready()
+            except Exception as exc:  # never let the guard itself fail a request
+                reason = f"readiness unknown ({type(exc).__name__}: {exc})"
+            if reason:
+                return await _answer(send, 503, f"not ready: {reason}\n")
+        upload = path in self.upload_routes
+        if scope["method"] != "POST" or not (upload or path in self.json_routes):
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope["headers"]}
+
+        if self.api_token is not None:
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            expected = f"Bearer {self.api_token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return await _answer(
+                    send,
+                    401,
+                    {"error": "missing or wrong API token: send 'Authorization: Bearer …'"},
+                )
+
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        media_type = content_type.split(";")[0].strip().lower()
+        if upload and (media_type != "multipart/form-data" or "boundary=" not in content_type):
+            return await _answer(
+                send,
+                415,
+                {
+                    "error": f"content type {content_type or '(none)'!r} not accepted on {path}: "
+                    "send the file as multipart/form-data in a field named 'file' "
+                    f"(e.g. curl -F file=@incidents.csv http://HOST{path})"
+                },
+            )
+        if (
+            not upload
+            and media_type
+            and not (media_type == "application/json" or media_type.endswith("+json"))
+        ):
+            return await _answer(
+                send,
+                415,
+                {
+                    "error": f"content type {content_type!r} not accepted on {path}: "
+                    "send a JSON body with 'Content-Type: application/json'"
+                    + ("; files go to POST /predict_csv" if "form" in media_type else "")
+                },
+            )
+
+        limit = self.max_upload_bytes if upload else self.max_body_bytes
+        setting = "serving.max_upload_mb" if upload else "serving.max_body_mb"
+        too_large = {
+            "error": f"request body over the limit of {_megabytes(limit)} ({setting})"
+            + (
+                ""
+                if upload
+                else "; send fewer incidents per request, upload a file to POST /predict_csv, "
+                "or score it offline with `systemhealer predict FILE --output OUT`"
+            )
+        }
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                return await _answer(send, 400, {"error": "invalid Content-Length header"})
+            if length > limit:
+                too_large["error"] = too_large["error"].replace(
+                    "request body", f"request body of {_megabytes(length)}", 1
+                )
+                return await _answer(send, 413, too_large)
+            return await self.app(scope, receive, send)
+
+        # No length given (chunked): read the body up to the limit, then replay it.
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > limit:
+                return await _answer(send, 413, too_large)
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
