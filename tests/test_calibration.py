@@ -1,0 +1,114 @@
+"""Deployment calibration through the CLI, and the sweep that registers its best run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from systemhealer import deployments, tracking
+from systemhealer.config import load_settings
+from systemhealer.data import KPI_FEATURES
+from systemhealer.shift import apply_shift, random_shift
+
+from .test_cli import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_calibrate_then_predict_with_the_deployment(
+    trained_state, tmp_path: Path, training_frame: pd.DataFrame, capsys, monkeypatch
+) -> None:
+    settings = load_settings()
+    diagnoser, _ = tracking.load_diagnoser(settings)
+    # Another "deployment": held rows rescaled by large per-feature factors; labels kept to check.
+    rows = training_frame.sample(1200, random_state=5).reset_index(drop=True)
+    spec = random_shift(np.random.default_rng(7), tuple(KPI_FEATURES[2:]), ())
+    shifted = apply_shift(rows, spec)
+    reference, scored = shifted.iloc[:600], shifted.iloc[600:]
+    reference_file = tmp_path / "reference.csv"
+    reference.to_csv(reference_file, index=False)  # with its label column: must be ignored
+    scored_file = tmp_path / "scored.csv"
+    scored.drop(columns=["label"]).to_csv(scored_file, index=False)
+
+    code, out, err = run_cli(["calibrate", "site-b", str(reference_file)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "calibrated from 600 incidents" in out and "estimated class mix" in out
+    stored = deployments.load_reference(settings, "site-b")
+    assert "label" not in stored.columns and len(stored) == 600
+
+    calibrated_out, plain_out = tmp_path / "calibrated.csv", tmp_path / "plain.csv"
+    code, out, err = run_cli(
+        ["predict", str(scored_file), "-o", str(calibrated_out), "--deployment", "site-b"],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, err
+    code, out, err = run_cli(
+        ["predict", str(scored_file), "-o", str(plain_out)], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert "training" in out  # the fallback says which statistics it used
+    truth = scored["label"].to_numpy()
+    calibrated = pd.read_csv(calibrated_out)["predicted_label"].to_numpy()
+    plain = pd.read_csv(plain_out)["predicted_label"].to_numpy()
+    # Same rows scored in the training deployment's own units, for reference.
+    unshifted = diagnoser.diagnose(rows.iloc[600:][list(KPI_FEATURES)])[
+        "predicted_label"
+    ].to_numpy()
+    assert (calibrated == truth).mean() > (plain == truth).mean() + 0.1
+    assert (calibrated == unshifted).mean() > 0.6
+
+    code, out, _ = run_cli(["deployments"], capsys, monkeypatch)
+    assert "site-b: 600 reference incidents" in out
+
+
+def test_calibrate_refuses_bad_names_and_files(
+    trained_state, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    good = tmp_path / "ok.csv"
+    pd.DataFrame({c: [1.0] * 30 for c in KPI_FEATURES}).to_csv(good, index=False)
+    code, _, err = run_cli(["calibrate", "../etc/passwd", str(good)], capsys, monkeypatch)
+    assert code == 1 and "invalid deployment name" in err
+    code, _, err = run_cli(
+        ["calibrate", "tiny", str(good.with_name("missing.csv"))], capsys, monkeypatch
+    )
+    assert code == 1 and "file not found" in err
+    few = tmp_path / "few.csv"
+    pd.DataFrame({c: [1.0] * 5 for c in KPI_FEATURES}).to_csv(few, index=False)
+    code, _, err = run_cli(["calibrate", "tiny", str(few)], capsys, monkeypatch)
+    assert code == 1 and "at least" in err
+    code, _, err = run_cli(
+        ["predict", str(good), "-o", str(tmp_path / "o.csv"), "--deployment", "nowhere"],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 3 and "no deployment named 'nowhere'" in err
+
+
+def test_sweep_registers_its_best_mlp(
+    prefect_harness, small_training_csv: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from flows.sweep import sweep_flow
+
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__MAX_EPOCHS", "6")
+    outcome = sweep_flow(
+        str(small_training_csv),
+        candidates=["mlp-default", "mlp-normal-scores-only", "gbt-baseline"],
+    )
+    results = {r["candidate"]: r for r in outcome["results"]}
+    assert set(results) == {"mlp-default", "mlp-normal-scores-only", "gbt-baseline"}
+    mlps = [r for name, r in results.items() if name != "gbt-baseline"]
+    best = max(mlps, key=lambda r: (r["eval_macro_f1"] + r["shift_macro_f1"]) / 2)
+    assert outcome["best"] == best["candidate"]
+    settings = load_settings()
+    version = tracking.get_version(settings, outcome["model_version"])
+    assert version.run_id == best["run_id"] and version.tags["candidate"] == best["candidate"]
+    assert outcome["promoted"] and tracking.champion(settings).version == version.version
+    # Every candidate, the baseline included, is a run with comparable metrics.
+    for r in results.values():
+        metrics = tracking.run_metrics(settings, r["run_id"])
+        assert {"eval_macro_f1", "shift_macro_f1", "shift_uncalibrated_macro_f1"} <= set(metrics)

@@ -1,0 +1,94 @@
+"""Deployment-relative preprocessing: calibration undoes rescaling; labels are never needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from systemhealer.config import PreprocessingSettings
+from systemhealer.data import KPI_FEATURES
+from systemhealer.features import DeploymentStats, KpiPreprocessor, class_balanced_weights
+from systemhealer.label_shift import correct_probabilities, estimate_class_mix
+from systemhealer.shift import apply_shift, random_shift, resample_class_mix
+
+CONFIG_LIKE = ("feature1", "feature20")
+
+
+def fitted(frame: pd.DataFrame) -> KpiPreprocessor:
+    return KpiPreprocessor.fit(
+        frame[list(KPI_FEATURES)], frame["label"].to_numpy(), PreprocessingSettings(), CONFIG_LIKE
+    )
+
+
+def test_constant_and_config_columns_are_dropped(small_training_frame: pd.DataFrame) -> None:
+    pre = fitted(small_training_frame)
+    assert "feature57" not in pre.columns and "feature1" not in pre.columns
+    assert pre.n_inputs == len(pre.columns) * 17
+    out = pre.transform(small_training_frame)
+    assert out.shape == (len(small_training_frame), pre.n_inputs) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+
+
+def test_calibration_undoes_a_synthetic_rescaling(
+    small_training_frame: pd.DataFrame, unlabelled_frame: pd.DataFrame
+) -> None:
+    pre = fitted(small_training_frame)
+    reference, scored = unlabelled_frame.iloc[:1000], unlabelled_frame.iloc[1000:1200]
+    spec = random_shift(np.random.default_rng(3), pre.columns, CONFIG_LIKE)
+    assert max(spec.scale.values()) >= 100 or min(spec.scale.values()) <= 0.01
+    original = pre.transform(scored, pre.measure_deployment("a", reference))
+    shifted = pre.transform(
+        apply_shift(scored, spec), pre.measure_deployment("b", apply_shift(reference, spec))
+    )
+    np.testing.assert_allclose(shifted, original, atol=1e-4)
+    # Without calibration the same rescaling moves the inputs a lot.
+    uncalibrated = pre.transform(apply_shift(scored, spec))
+    assert np.abs(uncalibrated - pre.transform(scored)).mean() > 0.05
+
+
+def test_missing_values_sit_at_the_deployment_median(small_training_frame: pd.DataFrame) -> None:
+    pre = fitted(small_training_frame)
+    empty = pd.DataFrame(np.nan, index=range(3), columns=list(KPI_FEATURES))
+    out = pre.transform(empty)
+    assert np.allclose(out[:, : len(pre.columns)], 0.0)
+
+
+def test_balanced_reference_weights_each_class_equally() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    weights = class_balanced_weights(labels)
+    assert np.isclose(weights[labels == 0].sum(), weights[labels == 1].sum())
+    values = np.where(labels == 0, 0.0, 10.0).reshape(-1, 1)
+    stats = DeploymentStats.measure("t", values, ("x",), weights)
+    assert np.isclose(np.median(stats.quantiles), 5.0, atol=5.0)  # not dominated by class 0
+    assert stats.positions(np.array([[10.0]]))[0, 0] > 0.6
+
+
+def test_stats_round_trip(small_training_frame: pd.DataFrame) -> None:
+    pre = fitted(small_training_frame)
+    again = KpiPreprocessor.from_dict(pre.to_dict())
+    np.testing.assert_array_equal(
+        again.transform(small_training_frame), pre.transform(small_training_frame)
+    )
+
+
+def test_em_recovers_a_class_mix() -> None:
+    rng = np.random.default_rng(0)
+    true_mix = np.array([0.5, 0.3, 0.1, 0.05, 0.03, 0.02])
+    labels = rng.choice(6, size=5000, p=true_mix)
+    # Exact posteriors under a uniform prior of overlapping Gaussian classes x ~ N(2y, 1).
+    x = rng.normal(2.0 * labels, 1.0)
+    logits = -0.5 * (x[:, None] - 2.0 * np.arange(6)[None, :]) ** 2
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    estimate = estimate_class_mix(probabilities)
+    assert np.abs(estimate - true_mix).max() < 0.05
+    corrected = correct_probabilities(probabilities, estimate)
+    assert np.allclose(corrected.sum(1), 1)
+    assert (corrected.argmax(1) == labels).mean() > (probabilities.argmax(1) == labels).mean()
+
+
+def test_resample_class_mix_follows_the_mix() -> None:
+    labels = np.repeat(np.arange(6), [500, 100, 100, 100, 100, 100])
+    rows = resample_class_mix(labels, np.random.default_rng(0), np.full(6, 1 / 6))
+    counts = np.bincount(labels[rows], minlength=6)
+    assert counts.max() - counts.min() <= 0.3 * counts.mean()
+    assert len(set(rows.tolist())) == len(rows)  # without replacement
