@@ -15,6 +15,8 @@ Tasks run on Prefect's thread pool, or on a Dask cluster through prefect-dask's 
 from __future__ import annotations
 
 import glob
+import logging
+import pickle
 import shutil
 import time
 import uuid
@@ -25,10 +27,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.utilities.annotations import quote
 
 from systemhealer import scoring
-from systemhealer.config import Settings, load_settings
+from systemhealer.config import load_settings
 from systemhealer.errors import DataValidationError, SystemHealerError
 from systemhealer.streaming import Partition
 
@@ -56,13 +57,17 @@ def _retry_unless_bad_data(task: Any, task_run: Any, state: Any) -> bool:
 def score_partition(
     partition: Partition,
     staging: str,
-    model: scoring.ScoringModel,
-    settings: Settings,
+    job: bytes,
     on_bad_rows: str,
     chunk_rows: int | None,
     threads: int,
 ) -> scoring.PartResult:
-    """Score one partition of one file into a part file."""
+    """Score one partition of one file into a part file.
+
+    ``job`` is the pickled (model, settings) pair: opaque bytes, so that neither Prefect nor
+    Dask walks through the model's fields on the way to a worker.
+    """
+    model, settings = pickle.loads(job)
     if threads == 1:
         import torch
 
@@ -158,6 +163,7 @@ def batch_scoring_flow(
     for source, target in zip(files, targets, strict=True):
         scoring.check_job(source, target, on_bad_rows)
     model = scoring.model_loader(settings, model_uri, deployment)()
+    job = pickle.dumps((model, settings))
     started = time.perf_counter()
     run = uuid.uuid4().hex[:8]
     staging = {f: t.parent / f".{t.name}.parts-{run}" for f, t in zip(files, targets, strict=True)}
@@ -169,8 +175,7 @@ def batch_scoring_flow(
                 future = score_partition.submit(
                     partition,
                     str(staging[source]),
-                    quote(model),
-                    quote(settings),
+                    job,
                     on_bad_rows,
                     chunk_rows,
                     threads,
@@ -194,7 +199,9 @@ def batch_scoring_flow(
                 parts[source].append(part)
                 rows += part.rows_seen
             bar.update(1)
-            bar.set_postfix(incidents=rows, per_s=f"{rows / (time.perf_counter() - started):,.0f}")
+            bar.set_postfix_str(
+                f"{rows:,} incidents, {rows / (time.perf_counter() - started):,.0f}/s"
+            )
         bar.close()
         summaries = []
         for source, target in zip(files, targets, strict=True):
@@ -223,10 +230,17 @@ def task_runner(dask: str) -> Any:
     address of a running scheduler."""
     from prefect_dask import DaskTaskRunner
 
+    # The scheduler and nannies of a local cluster log every start and stop at INFO.
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     if dask == "local":
         return DaskTaskRunner(
             cluster_class="distributed.LocalCluster",
-            cluster_kwargs={**LOCAL_CLUSTER, "host": "127.0.0.1", "dashboard_address": None},
+            cluster_kwargs={
+                **LOCAL_CLUSTER,
+                "host": "127.0.0.1",
+                "dashboard_address": None,
+                "silence_logs": logging.ERROR,
+            },
         )
     return DaskTaskRunner(address=dask)
 

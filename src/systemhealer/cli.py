@@ -83,17 +83,29 @@ def train(
     path: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file of incidents.")],
     config: ConfigOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Train on N processes (DistributedDataParallel, gloo, CPU) through torchrun.",
+        ),
+    ] = 1,
 ) -> None:
     """Validate, train, evaluate, register; the gate decides whether it becomes champion."""
     from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
 
     settings = _settings(config)
-    prepare_prefect(settings)
-    from flows.training import training_flow
+    if nproc > 1:
+        from systemhealer.distributed import launch
 
-    quiet_prefect_console()
+        outcome = launch(path, config, nproc, show_progress=progress)
+    else:
+        prepare_prefect(settings)
+        from flows.training import training_flow
 
-    outcome = training_flow(str(path), str(config) if config else None, show_progress=progress)
+        quiet_prefect_console()
+        outcome = training_flow(str(path), str(config) if config else None, show_progress=progress)
     verdict = "promoted to champion" if outcome["promoted"] else "registered, NOT promoted"
     typer.echo(
         f"model version {outcome['model_version']} {verdict}: {outcome['gate_reason']}\n"

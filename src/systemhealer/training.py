@@ -135,6 +135,12 @@ def train_network(
     show_progress: bool = True,
 ) -> TrainingResult:
     """Train the MLP with class-weighted loss and early stopping on validation macro-F1."""
+    from systemhealer import distributed
+
+    if distributed.is_distributed():  # under torchrun: the same training, split across processes
+        return distributed.train_network_ddp(
+            x_train, y_train, x_val, y_val, settings, on_epoch, show_progress
+        )
     started = time.perf_counter()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
