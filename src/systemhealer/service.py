@@ -16,6 +16,7 @@ The work is done by :mod:`systemhealer.incidents` (checking JSON incidents),
 """
 
 import asyncio
+import logging
 import os
 from typing import Annotated, Any
 
@@ -145,7 +146,12 @@ http_app = FastAPI(title="SystemHealer", docs_url=None, redoc_url=None, openapi_
     traffic={"timeout": 600},
     # Tracing spans cost ~0.5 ms per request; nothing exports them by default.
     tracing={"excluded_urls": ["/predict", "/livez", "/readyz", "/metrics"]},
-    logging={"access": {"skip_paths": ["/livez", "/readyz", "/metrics"]}},
+    logging={
+        "access": {
+            "enabled": settings.serving.access_log,
+            "skip_paths": ["/livez", "/readyz", "/metrics"],
+        }
+    },
 )
 @bentoml.asgi_app(http_app, path="/")
 # The web page (issue 5) mounts here, below this line: @bentoml.asgi_app(web_app, path="/").
@@ -155,6 +161,7 @@ class FaultDiagnosisService:
     """Fault diagnosis of distributed-system incidents from their KPI snapshots."""
 
     def __init__(self) -> None:
+        logging.getLogger("systemhealer").setLevel(logging.INFO)  # model swaps are worth a line
         limit_torch_threads(1)
         self.settings = settings
         self.watcher = ChampionWatcher(settings)
