@@ -41,6 +41,7 @@ from systemhealer.serving import (
     limit_torch_threads,
     score_uploaded_file,
 )
+from systemhealer.web import create_app as create_web_app
 
 # BentoML's usage analytics would phone home; nothing here reaches the internet.
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
@@ -154,7 +155,8 @@ http_app = FastAPI(title="SystemHealer", docs_url=None, redoc_url=None, openapi_
     },
 )
 @bentoml.asgi_app(http_app, path="/")
-# The web page (issue 5) mounts here, below this line: @bentoml.asgi_app(web_app, path="/").
+# The web platform (pages at / and /ui/…, its API under /ui/api/…; issue 5).
+@bentoml.asgi_app(create_web_app(settings), path="/")
 # Mounts only answer paths their own routes match, so the API routes above stay reachable;
 # the web app must not define /docs or /model_info, and should set docs_url=None.
 class FaultDiagnosisService:

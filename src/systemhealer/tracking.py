@@ -328,6 +328,51 @@ def run_url(settings: Settings, run_id: str, ui_base: str = "http://127.0.0.1:50
     return f"{ui_base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def run_details(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    """A run's status, times, experiment, params, metrics and tags; None if there is no such run."""
+    client = configure(settings)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "status": run.info.status,
+        "start_ms": run.info.start_time,
+        "end_ms": run.info.end_time,
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+    }
+
+
+def load_run_json(settings: Settings, run_id: str, name: str) -> Any | None:
+    """A JSON artifact of a run (``evaluation/report.json``, ``gate.json`` …); None if absent."""
+    configure(settings)
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
+    except (MlflowException, OSError, ValueError):
+        return None
+
+
+def input_example(settings: Settings, version: str) -> pd.DataFrame | None:
+    """The input example logged with a registered version (real KPI rows), or None."""
+    configure(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{version_uri(settings, version)}/input_example.json", dst_path=tmp
+            )
+            payload = json.loads(Path(path).read_text())
+        except (MlflowException, OSError, ValueError):
+            return None
+    if not isinstance(payload, dict) or "data" not in payload:
+        return None
+    return pd.DataFrame(payload["data"], columns=payload.get("columns"))
+
+
 # --- crash recovery and monitoring runs (scheduled retraining, drift) ---
 
 

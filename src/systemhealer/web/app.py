@@ -1,0 +1,610 @@
+"""The web platform: pages at ``/`` and ``/ui/…``, their JSON API under ``/ui/api/…``.
+
+Mounted in the BentoML service (``service.py``) and runnable alone (``python -m
+systemhealer.web``). Pages and scripts are files of this package (``web/static``): nothing is
+loaded from another host. Work is done by the library: :mod:`systemhealer.jobs` (the queue),
+:mod:`systemhealer.reports`, :mod:`systemhealer.tracking`, :mod:`systemhealer.validation`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from systemhealer import jobs, reports, tracking
+from systemhealer.config import FAULT_CLASSES, Settings
+from systemhealer.data import KPI_FEATURES, LABEL, PREDICTION_COLUMNS
+from systemhealer.errors import (
+    DataValidationError,
+    DeploymentNotFoundError,
+    ModelNotFoundError,
+    SystemHealerError,
+)
+from systemhealer.web.guard import BodyLimit, TokenError, token_dependency
+
+STATIC = Path(__file__).parent / "static"
+PAGES = ("home", "train", "diagnose", "models")
+API = "/ui/api"
+MAX_PAGE_ROWS = 500
+# A page of security headers: scripts, styles, images and requests only from this server.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'; script-src 'self'; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; frame-ancestors 'self'; base-uri 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+class ChampionCache:
+    """The champion's diagnoser, loaded once per version (the alias is checked on each use)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._loaded: tuple[str, Any] | None = None
+
+    def get(self) -> tuple[Any, str]:
+        """(diagnoser, version) of the current champion; ModelNotFoundError without one."""
+        current = tracking.champion(self.settings)
+        if current is None:
+            raise ModelNotFoundError(
+                "there is no champion model yet: train one on the Train page first"
+            )
+        with self._lock:
+            if self._loaded is None or self._loaded[0] != current.version:
+                diagnoser, _ = tracking.load_diagnoser(
+                    self.settings, tracking.version_uri(self.settings, current.version)
+                )
+                self._loaded = (current.version, diagnoser)
+            return self._loaded[1], self._loaded[0]
+
+    def profile(self) -> Any | None:
+        """The champion's training data profile (for drift warnings), if there is a champion."""
+        try:
+            diagnoser, _ = self.get()
+        except SystemHealerError:
+            return None
+        return diagnoser.profile
+
+
+class TableCache:
+    """The few diagnosis tables last paged through, kept in memory (sorting needs them whole)."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._tables: OrderedDict[tuple[str, int], pd.DataFrame] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> pd.DataFrame:
+        key = (str(path), path.stat().st_mtime_ns)
+        with self._lock:
+            if key in self._tables:
+                self._tables.move_to_end(key)
+                return self._tables[key]
+        table = pd.read_parquet(path)
+        with self._lock:
+            self._tables[key] = table
+            while len(self._tables) > self.size:
+                self._tables.popitem(last=False)
+        return table
+
+
+class IncidentsRequest(BaseModel):
+    """One incident or a list of incidents, as JSON."""
+
+    incident: dict[str, Any] | None = Field(None, description="one incident")
+    incidents: list[Any] | None = Field(None, description="several incidents")
+    deployment: str | None = Field(None, description="calibrated deployment, null = training")
+
+
+class TrainingRequest(BaseModel):
+    upload_id: str
+
+
+def _status_of(exc: SystemHealerError) -> int:
+    status = getattr(exc, "http_status", None)
+    if isinstance(status, int):
+        return status
+    if isinstance(exc, TokenError):
+        return 401
+    if isinstance(exc, jobs.JobNotFoundError | DeploymentNotFoundError):
+        return 404
+    if isinstance(exc, ModelNotFoundError):
+        return 409
+    if isinstance(exc, DataValidationError):
+        return 422
+    return 400
+
+
+def _error_payload(exc: SystemHealerError) -> dict[str, Any]:
+    payload: dict[str, Any] = {"error": str(exc)}
+    report = getattr(exc, "report", None)
+    if report is not None and hasattr(report, "to_dict"):
+        payload["validation"] = report.to_dict()
+    return payload
+
+
+@cache
+def _page_html(name: str) -> str:
+    layout = (STATIC / "pages" / "layout.html").read_text()
+    body = (STATIC / "pages" / f"{name}.html").read_text()
+    return layout.replace("{{page}}", name).replace("{{content}}", body)
+
+
+def _copy_upload(file: UploadFile, target: Path) -> int:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as out:
+        shutil.copyfileobj(file.file, out, length=1 << 20)
+    return target.stat().st_size
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if value is pd.NA:
+        return None
+    return value
+
+
+def create_app(
+    settings: Settings, config_file: str | None = None, run_jobs: bool = True
+) -> FastAPI:
+    """The web platform as a FastAPI app; ``run_jobs`` starts the background job queue with it."""
+    store = jobs.JobStore(settings.jobs_dir)
+    uploads = jobs.UploadStore(settings.jobs_dir / "uploads")
+    champion = ChampionCache(settings)
+    tables = TableCache()
+    fingerprints: dict[str, Any] = {}
+    runner = jobs.JobRunner(
+        store,
+        executors={
+            jobs.TRAIN: jobs.TrainingExecutor(store, settings, config_file),
+            jobs.DIAGNOSE: jobs.DiagnosisExecutor(store, settings, champion.get),
+        },
+        workers={
+            jobs.TRAIN: settings.web.training_workers,
+            jobs.DIAGNOSE: settings.web.scoring_workers,
+        },
+    )
+    require_token = Depends(token_dependency(settings.serving.api_token))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if run_jobs:
+            runner.start()
+        try:
+            yield
+        finally:
+            if run_jobs:
+                runner.stop()
+
+    app = FastAPI(
+        title="SystemHealer web",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.runner = runner
+    app.add_middleware(
+        BodyLimit,
+        prefix=API,
+        max_bytes=int(settings.serving.max_upload_mb * 2**20),
+        setting="serving.max_upload_mb",
+    )
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        if request.url.path.startswith(API):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(SystemHealerError)
+    async def user_error(_: Request, exc: SystemHealerError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, TokenError) else None
+        return JSONResponse(_error_payload(exc), status_code=_status_of(exc), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
+            for e in exc.errors()[:3]
+        ]
+        return JSONResponse({"error": "; ".join(problems) or "invalid request"}, status_code=422)
+
+    # --- pages ---
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home_page() -> HTMLResponse:
+        return HTMLResponse(_page_html("home"))
+
+    def page_route(name: str) -> None:
+        def page() -> HTMLResponse:
+            return HTMLResponse(_page_html(name))
+
+        app.add_api_route(f"/ui/{name}", page, response_class=HTMLResponse, name=f"page-{name}")
+
+    for name in PAGES[1:]:
+        page_route(name)
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="web-static")
+
+    # --- settings the page needs, status ---
+
+    @app.get(f"{API}/config")
+    def page_config() -> dict[str, Any]:
+        return {
+            "class_names": list(settings.serving.class_names),
+            "fault_classes": list(FAULT_CLASSES),
+            "features": list(KPI_FEATURES),
+            "token_required": settings.serving.api_token is not None,
+            "max_upload_bytes": int(settings.serving.max_upload_mb * 2**20),
+            "max_incidents": settings.serving.max_batch_incidents,
+            "mlflow_ui_url": settings.web.mlflow_ui_url,
+            "prefect_ui_url": reports.prefect_ui_url(settings),
+            "model_name": settings.registry.model_name,
+            "max_epochs": settings.training.max_epochs,
+        }
+
+    @app.get(f"{API}/status")
+    def status() -> dict[str, Any]:
+        current = tracking.champion(settings)
+        queue: dict[str, dict[str, int]] = {}
+        for kind in jobs.JOB_KINDS:
+            listed = store.list(kind)
+            queue[kind] = {
+                "queued": sum(j.status == jobs.QUEUED for j in listed),
+                "running": sum(j.status == jobs.RUNNING for j in listed),
+            }
+        return {
+            "champion": reports.version_summary(settings, current, current.version, fingerprints)
+            if current
+            else None,
+            "queue": queue,
+            "runner_active": runner.active or not run_jobs,
+        }
+
+    # --- jobs ---
+
+    def job_view(job: jobs.Job, full: bool = True) -> dict[str, Any]:
+        view = job.to_dict()
+        view.pop("pid", None)
+        view["queue_position"] = store.queue_position(job)
+        view["running"] = sum(j.status == jobs.RUNNING for j in store.list(job.kind))
+        view["progress"] = store.read(job.id, "progress.json")
+        if job.status == jobs.FAILED:
+            view["error_detail"] = store.read(job.id, "error.json")
+        if full and job.status == jobs.SUCCEEDED:
+            view["result"] = store.read(job.id, "result.json")
+        return view
+
+    @app.get(f"{API}/jobs")
+    def list_jobs(kind: Annotated[str | None, Query()] = None) -> list[dict[str, Any]]:
+        return [job_view(j, full=False) for j in store.list(kind)[:50]]
+
+    @app.get(f"{API}/jobs/{{job_id}}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        return job_view(store.get(job_id))
+
+    @app.post(f"{API}/jobs/{{job_id}}/cancel", dependencies=[require_token])
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        return job_view(store.request_cancel(job_id), full=False)
+
+    def queue(kind: str, source: str, params: dict[str, Any], take: Any) -> jobs.Job:
+        job = store.create(kind, source, params, take)
+        store.prune(settings.web.keep_jobs)
+        runner.wake()
+        return job
+
+    # --- training ---
+
+    @app.post(f"{API}/uploads", dependencies=[require_token])
+    def upload_training_file(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
+        """Store a labelled file and validate it at once (blocking errors and drift warnings)."""
+        from systemhealer.validation import validate_file
+
+        upload = uploads.new(file.filename)
+        size = _copy_upload(file, upload.path)
+        report, frame = validate_file(
+            upload.path, settings.data, require_label=True, profile=champion.profile()
+        )
+        report.source = upload.filename
+        for issue in report.issues:
+            issue.message = issue.message.replace(str(upload.path), upload.filename)
+        counts: dict[str, int] = {}
+        if LABEL in frame.columns and report.ok:
+            values = pd.to_numeric(frame[LABEL], errors="coerce").dropna().astype(int)
+            counts = {str(c): int((values == c).sum()) for c in FAULT_CLASSES}
+        meta = {
+            "upload_id": upload.id,
+            "size_bytes": size,
+            "ok": report.ok,
+            "validation": report.to_dict(),
+            "class_counts": counts,
+        }
+        if report.ok:
+            uploads.save_meta(upload, meta)
+        else:
+            uploads.discard(upload.id)  # nothing can be done with it
+        return {**meta, "filename": upload.filename}
+
+    @app.post(f"{API}/training-jobs", status_code=202, dependencies=[require_token])
+    def start_training(request: TrainingRequest) -> dict[str, Any]:
+        upload = uploads.get(request.upload_id)
+        if not upload.meta.get("ok"):
+            raise DataValidationError("this file did not pass validation; fix it and upload again")
+
+        def take(target: Path) -> None:
+            os.replace(upload.path, target)
+
+        job = queue(
+            jobs.TRAIN,
+            upload.filename,
+            {"class_counts": upload.meta.get("class_counts"), "rows": _rows(upload.meta)},
+            take,
+        )
+        store.write(job.id, "validation.json", upload.meta.get("validation"))
+        uploads.discard(upload.id)
+        return job_view(job, full=False)
+
+    # --- diagnosis ---
+
+    @app.post(f"{API}/diagnosis-jobs", status_code=202, dependencies=[require_token])
+    def start_diagnosis(
+        file: Annotated[UploadFile, File()],
+        deployment: Annotated[str | None, Form()] = None,
+    ) -> dict[str, Any]:
+        """Queue a file of incidents for diagnosis (validated and scored in the background)."""
+        deployment = (deployment or "").strip() or None
+        if deployment is not None:
+            from systemhealer.deployments import list_deployments
+
+            if deployment not in {d.name for d in list_deployments(settings)}:
+                raise DeploymentNotFoundError(f"no calibrated deployment named {deployment!r}")
+        champion.get()  # no champion: say so now, not after the upload is queued
+        upload = uploads.new(file.filename or "incidents.csv")
+        try:
+            _copy_upload(file, upload.path)
+            _check_header(upload.path, upload.filename)
+            job = queue(
+                jobs.DIAGNOSE,
+                upload.filename,
+                {"deployment": deployment},
+                lambda target: os.replace(upload.path, target),
+            )
+        finally:
+            uploads.discard(upload.id)
+        return job_view(job, full=False)
+
+    @app.post(f"{API}/diagnose", dependencies=[require_token])
+    def diagnose_incidents(request: IncidentsRequest) -> dict[str, Any]:
+        """Diagnose one incident or a short list sent as JSON; answers rows and chart data."""
+        from systemhealer.deployments import deployment_stats
+        from systemhealer.diagnoser import diagnoses_frame
+        from systemhealer.incidents import IncidentError, parse_incidents
+
+        if (request.incident is None) == (request.incidents is None):
+            raise IncidentError("send either 'incident' (one object) or 'incidents' (a list)")
+        if request.incident is not None:
+            rows = parse_incidents(request.incident, 1, field="incident", single=True)
+        else:
+            rows = parse_incidents(request.incidents, settings.serving.max_batch_incidents)
+        diagnoser, version = champion.get()
+        stats = deployment_stats(settings, diagnoser, request.deployment or None)
+        features = pd.DataFrame(rows.features, columns=list(KPI_FEATURES))
+        diagnoses = diagnoses_frame(diagnoser.probabilities(features, stats))
+        diagnoses.insert(0, "sample_id", pd.Series(rows.sample_ids, dtype=object))
+        summary = jobs.diagnosis_summary(
+            diagnoses, diagnoser, features, stats, settings.web.embedding_points
+        )
+        records = [
+            {k: _plain(v) for k, v in record.items()}
+            for record in diagnoses[list(PREDICTION_COLUMNS)].to_dict(orient="records")
+        ]
+        return {
+            **summary,
+            "model_version": version,
+            "deployment": request.deployment or "training",
+            "diagnoses": records,
+        }
+
+    @app.get(f"{API}/diagnose/example")
+    def example_incident() -> dict[str, Any]:
+        """A real incident to start from: the champion's logged input example."""
+        current = tracking.champion(settings)
+        if current is None:
+            raise ModelNotFoundError("there is no champion model yet")
+        example = tracking.input_example(settings, current.version)
+        if example is None or example.empty:
+            raise ModelNotFoundError(f"version {current.version} has no input example")
+        row = example.iloc[0]
+        incident: dict[str, Any] = {"sample_id": "example-1"}
+        incident.update({k: _plain(row.get(k)) for k in KPI_FEATURES if k in row.index})
+        return {"incident": {k: (None if _missing(v) else v) for k, v in incident.items()}}
+
+    @app.get(f"{API}/jobs/{{job_id}}/rows")
+    def diagnosis_rows(
+        job_id: str,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS)] = 25,
+        sort: Annotated[str | None, Query()] = None,
+        descending: Annotated[bool, Query()] = False,
+    ) -> dict[str, Any]:
+        """A page of a diagnosis job's table, sorted by any of its columns."""
+        path = store.path(job_id, "diagnoses.parquet")
+        if not path.exists():
+            raise jobs.JobNotFoundError(f"job {job_id} has no diagnoses (yet)")
+        table = tables.get(path)
+        if sort is not None:
+            if sort not in PREDICTION_COLUMNS:
+                raise DataValidationError(f"cannot sort by {sort!r}")
+            table = table.sort_values(sort, ascending=not descending, kind="stable")
+        page = table.iloc[offset : offset + limit]
+        return {
+            "total": len(table),
+            "offset": offset,
+            "rows": [{k: _plain(v) for k, v in r.items()} for r in page.to_dict(orient="records")],
+        }
+
+    @app.get(f"{API}/jobs/{{job_id}}/download/{{name}}")
+    def download_job_file(job_id: str, name: str) -> Response:
+        """Results by job id and a fixed name: never a path from the request."""
+        job = store.get(job_id)
+        stem = f"systemhealer-{job.kind}-{job.id}"
+        if job.kind == jobs.DIAGNOSE and name in ("diagnoses.csv", "validation.json"):
+            path = store.path(job_id, name)
+            if path.exists():
+                return FileResponse(path, filename=f"{stem}-{name}")
+        if job.kind == jobs.DIAGNOSE and name == "diagnoses.json":
+            parquet = store.path(job_id, "diagnoses.parquet")
+            result = store.read(job_id, "result.json") or {}
+            if parquet.exists():
+                return StreamingResponse(
+                    jobs.iter_diagnoses_json(parquet, result.get("model_version")),
+                    media_type="application/json",
+                    headers=_attachment(f"{stem}-diagnoses.json"),
+                )
+        if job.kind == jobs.TRAIN and name == "report.json":
+            result = store.read(job_id, "result.json")
+            if isinstance(result, dict):
+                return JSONResponse(result, headers=_attachment(f"{stem}-report.json"))
+        raise jobs.JobNotFoundError(f"job {job_id} has no downloadable {name!r}")
+
+    # --- models ---
+
+    @app.get(f"{API}/models")
+    def list_models() -> dict[str, Any]:
+        versions = tracking.list_versions(settings)
+        current = tracking.champion(settings)
+        champion_version = current.version if current else None
+        return {
+            "model_name": settings.registry.model_name,
+            "champion_alias": settings.registry.champion_alias,
+            "champion_version": champion_version,
+            "versions": [
+                reports.version_summary(settings, v, champion_version, fingerprints)
+                for v in versions
+            ],
+            "prefect_ui_url": reports.prefect_ui_url(settings),
+            "mlflow_ui_url": settings.web.mlflow_ui_url,
+        }
+
+    def checked_version(version: str) -> str:
+        if not version.isdigit() or len(version) > 9:
+            raise ModelNotFoundError(f"no model version {version!r}")
+        return version
+
+    @app.get(f"{API}/models/{{version}}/report")
+    def model_report(version: str, download: bool = False) -> JSONResponse:
+        info = tracking.get_version(settings, checked_version(version))
+        report = reports.run_report(settings, info.run_id) if info.run_id else None
+        if report is None:
+            raise ModelNotFoundError(f"version {version} has no training run in MLflow")
+        headers = _attachment(f"{settings.registry.model_name}-v{version}-report.json")
+        return JSONResponse(report, headers=headers if download else None)
+
+    archive_lock = threading.Lock()
+
+    @app.get(f"{API}/models/{{version}}/archive")
+    def model_archive(version: str) -> FileResponse:
+        """The registered MLflow model of a version as a zip (``mlflow.pyfunc.load_model``
+        loads the unpacked folder)."""
+        info = tracking.get_version(settings, checked_version(version))
+        name = f"{settings.registry.model_name}-v{info.version}"
+        target = settings.jobs_dir / "archives" / f"{name}.zip"
+        with archive_lock:
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                    folder = tracking.download_model(
+                        settings, tracking.version_uri(settings, info.version), Path(tmp) / name
+                    )
+                    made = shutil.make_archive(str(Path(tmp) / name), "zip", folder)
+                    os.replace(made, target)
+        return FileResponse(target, media_type="application/zip", filename=f"{name}.zip")
+
+    @app.post(f"{API}/models/{{version}}/promote", dependencies=[require_token])
+    def promote(version: str) -> dict[str, Any]:
+        tracking.set_champion(settings, checked_version(version))
+        return {"champion": version}
+
+    @app.post(f"{API}/models/rollback", dependencies=[require_token])
+    def rollback() -> dict[str, Any]:
+        before, after = tracking.rollback_champion(settings)
+        return {"from": before, "champion": after}
+
+    # --- deployments (calibration) ---
+
+    @app.get(f"{API}/deployments")
+    def deployments_list() -> list[dict[str, Any]]:
+        from systemhealer.deployments import list_deployments
+
+        return [d.to_dict() for d in list_deployments(settings)]
+
+    @app.post(f"{API}/deployments", dependencies=[require_token])
+    def calibrate(
+        name: Annotated[str, Form()], file: Annotated[UploadFile, File()]
+    ) -> dict[str, Any]:
+        """Register (or replace) a deployment from a file of its unlabelled incidents."""
+        from systemhealer.deployments import check_name, register_deployment
+        from systemhealer.validation import require_valid, validate_file
+
+        check_name(name)
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=settings.jobs_dir) as tmp:
+            path = Path(tmp) / jobs.input_name(file.filename)
+            _copy_upload(file, path)
+            report, frame = validate_file(path, settings.data, require_label=False)
+            report.source = Path(file.filename or "upload").name
+            require_valid(report)
+            info = register_deployment(settings, name, frame, source=report.source)
+        return info.to_dict()
+
+    return app
+
+
+def _check_header(path: Path, shown: str) -> None:
+    """Refuse a file whose type or header is wrong at once (rows are checked by the job)."""
+    from systemhealer.streaming import open_source
+
+    try:
+        open_source(path)
+    except DataValidationError as exc:
+        raise DataValidationError(str(exc).replace(str(path), shown)) from exc
+    except (OSError, ValueError) as exc:  # e.g. a Parquet file pyarrow cannot open
+        raise DataValidationError(f"{shown}: not a readable CSV or Parquet file ({exc})") from exc
+
+
+def _rows(meta: dict[str, Any]) -> int | None:
+    validation = meta.get("validation")
+    return validation.get("rows") if isinstance(validation, dict) else None
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and not np.isfinite(value))
+
+
+def _attachment(filename: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{filename}"'}
