@@ -52,6 +52,8 @@ class StateLock:
         self.purpose = purpose
         self._fd: int | None = None
         self.acquired_at: datetime | None = None
+        # What a previous holder that died left in the file (a clean release empties it).
+        self.stale: dict[str, Any] | None = None
 
     @property
     def held(self) -> bool:
@@ -71,6 +73,7 @@ class StateLock:
             return False
         self._fd = fd
         self.acquired_at = datetime.now(UTC)
+        self.stale = read_holder(self.path)
         holder = {
             "purpose": self.purpose,
             "pid": os.getpid(),
@@ -184,20 +187,47 @@ def training_lock(settings: Settings, timeout: float | None = None) -> Iterator[
     """Hold the training lock: trainings of one state folder run one at a time, in turn.
 
     Once the lock is held, no other training of this state folder can be running, so MLflow runs
-    still marked RUNNING under this lock belong to trainings that died: they are marked FAILED.
-    Yields the MLflow tags that the new run must carry.
+    still marked RUNNING under this lock belong to trainings that died: they are marked FAILED,
+    and so is the Prefect flow run of the last holder if it died. Yields the MLflow tags that
+    the new run must carry.
     """
     lock = state_lock(settings, TRAINING)
 
     def waiting(holder: dict[str, Any] | None) -> None:
         log.warning("training queued: waiting for %s to finish", describe_holder(holder))
 
-    lock.acquire(timeout=timeout, on_wait=waiting)
+    lock.acquire(timeout=timeout, on_wait=waiting, details=_flow_run_details())
     try:
+        if lock.stale:
+            _crash_dead_flow_run(lock.stale)
         recover_interrupted_trainings(settings, lock)
         yield {RUN_LOCK_TAG: lock_tag(lock)}
     finally:
         lock.release()
+
+
+def _flow_run_details() -> dict[str, str]:
+    """The id of the Prefect flow run this code runs in, if any."""
+    try:
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.id
+    except Exception:  # not in a flow run, or Prefect not importable here
+        return {}
+    return {"prefect_flow_run_id": str(run_id)} if run_id else {}
+
+
+def _crash_dead_flow_run(stale: dict[str, Any]) -> None:
+    """Mark the flow run of a lock holder that died Crashed (best effort: it is cosmetic)."""
+    run_id = stale.get("prefect_flow_run_id")
+    if not run_id:
+        return
+    try:
+        from systemhealer.orchestration import crash_flow_run
+
+        crash_flow_run(str(run_id), f"the training process (pid {stale.get('pid')}) died")
+    except Exception as exc:
+        log.warning("could not mark the flow run %s of a dead training Crashed: %s", run_id, exc)
 
 
 def recover_interrupted_trainings(settings: Settings, lock: StateLock | None = None) -> list[str]:

@@ -165,6 +165,20 @@ def crash_orphaned_flow_runs(
     return crashed
 
 
+def crash_flow_run(flow_run_id: str, reason: str) -> bool:
+    """Mark one flow run Crashed if it is still RUNNING or PENDING; True if it was."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is None or run.state.type not in (StateType.RUNNING, StateType.PENDING):
+            return False
+        client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
+    return True
+
+
 def serve_schedules(settings: Settings, config_file: str | None) -> None:
     """Register the retraining and drift deployments on their crons and run their flow runs
     until stopped (Ctrl-C / SIGTERM). Needs a Prefect server (``PREFECT_API_URL``)."""

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from systemhealer.config import Settings
 from systemhealer.errors import ConfigError, SystemHealerError
 from systemhealer.locks import (
     RETRAINING,
     SCHEDULER,
-    TRAINING,
     describe_holder,
+    read_holder,
     recover_interrupted_trainings,
     state_lock,
 )
@@ -42,6 +46,33 @@ def _terminate_gracefully(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def _is_prefect_server(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(part.endswith(b"prefect") for part in command) and b"server" in command
+
+
+def stop_orphaned_server(stale: dict[str, Any] | None, timeout: float = 20) -> int | None:
+    """Stop the Prefect server a killed scheduler left running (its pid is in the lock file).
+
+    Only a process of this host whose command line is a Prefect server is touched.
+    """
+    pid = (stale or {}).get("server_pid")
+    if not isinstance(pid, int) or stale.get("host") != socket.gethostname():
+        return None
+    if not _is_prefect_server(pid):
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _is_prefect_server(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _is_prefect_server(pid):
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 def repair_after_crash(settings: Settings) -> dict[str, list[str]]:
     """Mark what dead processes left running as failed (call with the scheduler lock held)."""
     from systemhealer.orchestration import crash_orphaned_flow_runs
@@ -54,11 +85,7 @@ def repair_after_crash(settings: Settings) -> dict[str, list[str]]:
     repaired["flow_runs"] = crash_orphaned_flow_runs(
         flows, "the scheduler that ran this flow run stopped", deployments_only=True
     )
-    if not state_lock(settings, TRAINING).holder():
-        # Trainings hold the lock while they run; with it free, old RUNNING ones are dead.
-        repaired["flow_runs"] += crash_orphaned_flow_runs(
-            ["training"], "the process running this training died", older_than_seconds=300
-        )
+    # (Flow runs of trainings that died are marked by the next training: see training_lock.)
     return repaired
 
 
@@ -75,10 +102,14 @@ def run_scheduler(
     )
 
     lock = state_lock(settings, SCHEDULER)
+    stale = read_holder(lock.path)  # what a scheduler that died left in the lock file
     if not lock.try_acquire({"home": str(settings.home)}):
         raise SystemHealerError(
             f"a scheduler already runs for {settings.home}: {describe_holder(lock.holder())}"
         )
+    orphan = stop_orphaned_server(stale)
+    if orphan is not None:
+        echo(f"stopped the Prefect server (pid {orphan}) left by a scheduler that died")
     previous_handler = signal.signal(signal.SIGTERM, _terminate_gracefully)
     server = None
     try:
@@ -89,7 +120,7 @@ def run_scheduler(
         else:
             server, api_url = start_prefect_server(settings)
         os.environ["PREFECT_API_URL"] = api_url
-        lock.update_details({"api_url": api_url})
+        lock.update_details({"api_url": api_url, "server_pid": server.pid if server else None})
         import prefect  # noqa: F401  (after PREFECT_API_URL is set)
 
         quiet_prefect_console()
