@@ -608,9 +608,10 @@ class PartResult:
     contract_sample: dict[str, Any] | None = None
 
 
-def plan_partitions(path: Path | str, count: int) -> list[Partition]:
-    """Split a file into about ``count`` partitions (CSV byte ranges, Parquet row groups)."""
-    return open_source(Path(path)).partitions(count)
+def plan_partitions(path: Path | str, count: int, min_bytes: int = 1 << 20) -> list[Partition]:
+    """Split a file into about ``count`` partitions (CSV byte ranges of at least ``min_bytes``,
+    Parquet row groups)."""
+    return open_source(Path(path)).partitions(count, min_bytes)
 
 
 def score_partition(

@@ -197,10 +197,12 @@ class CsvSource:
     def _open(self) -> _Stream:
         return _Stream(self.path, self.codec)
 
-    def partitions(self, count: int) -> list[Partition]:
-        """Split into about ``count`` byte ranges cut at row ends (one if compressed)."""
+    def partitions(self, count: int, min_bytes: int = 1 << 20) -> list[Partition]:
+        """Split into about ``count`` byte ranges of at least ``min_bytes``, cut at row ends
+        (a compressed file is one partition)."""
         data_bytes = self.size - self.header_bytes
-        if self.codec is not None or count <= 1 or data_bytes < count * (1 << 20):
+        count = min(count, max(1, data_bytes // max(min_bytes, 1)))
+        if self.codec is not None or count <= 1:
             return [Partition(str(self.path))]
         targets = [self.header_bytes + data_bytes * k // count for k in range(1, count)]
         cuts: list[int] = []
@@ -393,7 +395,7 @@ class ParquetSource:
         self._names = dict(zip(self.columns, original, strict=True))
         self.include = [c for c in (SAMPLE_ID, *KPI_FEATURES) if c in self.columns]
 
-    def partitions(self, count: int) -> list[Partition]:
+    def partitions(self, count: int, min_bytes: int = 0) -> list[Partition]:
         """Contiguous runs of row groups, at most ``count`` of them."""
         groups = self.file.num_row_groups
         count = max(1, min(count, groups))

@@ -1,0 +1,201 @@
+"""Chunked reading and atomic writing (no model needed): every row once, in order, as pandas
+reads it; bad rows found with their reasons; partitions that tile the file; nothing half-written."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+from torch import nn
+
+from systemhealer.data import KPI_FEATURES, SAMPLE_ID
+from systemhealer.errors import DataValidationError
+from systemhealer.scoring import check_chunk
+from systemhealer.streaming import AtomicTableWriter, Prefetch, RawChunk, open_source
+
+
+def kpi_values(chunks: list[RawChunk]) -> np.ndarray:
+    return np.vstack([c.typed.select(list(KPI_FEATURES)).to_pandas().to_numpy() for c in chunks])
+
+
+@pytest.fixture(scope="module")
+def incidents(unlabelled_frame: pd.DataFrame) -> pd.DataFrame:
+    return unlabelled_frame.head(300).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def incidents_csv(tmp_path_factory: pytest.TempPathFactory, incidents: pd.DataFrame) -> Path:
+    path = tmp_path_factory.mktemp("streaming") / "incidents.csv"
+    incidents.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 250, 10_000])
+def test_chunks_cover_every_row_once_as_pandas_reads_it(
+    incidents_csv: Path, incidents: pd.DataFrame, chunk_rows: int
+) -> None:
+    chunks = list(open_source(incidents_csv).chunks(chunk_rows))
+    assert [len(c.positions) for c in chunks[:-1]] == [chunk_rows] * (len(chunks) - 1)
+    positions = np.concatenate([c.positions for c in chunks])
+    assert positions.tolist() == list(range(len(incidents)))
+    ids = np.concatenate([c.typed.column(SAMPLE_ID).to_numpy() for c in chunks])
+    assert ids.tolist() == incidents[SAMPLE_ID].tolist()
+    expected = pd.read_csv(incidents_csv)[list(KPI_FEATURES)].to_numpy()
+    np.testing.assert_array_equal(kpi_values(chunks), expected)  # NaN == NaN here
+    assert chunks[-1].progress == incidents_csv.stat().st_size
+
+
+def test_gzip_and_parquet_read_the_same(
+    tmp_path: Path, incidents_csv: Path, incidents: pd.DataFrame
+) -> None:
+    packed = tmp_path / "incidents.csv.gz"
+    packed.write_bytes(gzip.compress(incidents_csv.read_bytes()))
+    parquet = tmp_path / "incidents.parquet"
+    incidents.to_parquet(parquet, index=False, row_group_size=100)
+    plain = kpi_values(list(open_source(incidents_csv).chunks(64)))
+    np.testing.assert_array_equal(kpi_values(list(open_source(packed).chunks(64))), plain)
+    np.testing.assert_array_equal(kpi_values(list(open_source(parquet).chunks(64))), plain)
+
+
+def test_quoted_newlines_and_commas_stay_inside_their_row(tmp_path: Path) -> None:
+    values = {column: np.arange(5) + i / 1000 for i, column in enumerate(KPI_FEATURES)}
+    frame = pd.DataFrame({SAMPLE_ID: ["a", 'b,"x"\nsecond line', "c", "d\n\ne", "f"], **values})
+    path = tmp_path / "quoted.csv"
+    frame.to_csv(path, index=False)
+    for chunk_rows in (1, 2, 3):
+        chunks = list(open_source(path).chunks(chunk_rows))
+        ids = [i for c in chunks for i in c.typed.column(SAMPLE_ID).to_pylist()]
+        assert ids == frame[SAMPLE_ID].tolist()
+        np.testing.assert_array_equal(kpi_values(chunks), frame[list(KPI_FEATURES)].to_numpy())
+
+
+def test_csv_partitions_tile_the_file(incidents_csv: Path, incidents: pd.DataFrame) -> None:
+    source = open_source(incidents_csv)
+    partitions = source.partitions(4, min_bytes=1)
+    assert len(partitions) == 4
+    assert partitions[0].first_row == 0 and all(p.first_row is None for p in partitions[1:])
+    parts = [list(source.chunks(50, p)) for p in partitions]
+    assert all(p[0].positions[0] == 0 for p in parts)  # row numbers restart per byte range
+    np.testing.assert_array_equal(
+        np.vstack([kpi_values(p) for p in parts]), incidents[list(KPI_FEATURES)].to_numpy()
+    )
+    assert len(source.partitions(4)) == 1  # default: at least 1 MB per partition
+
+
+def test_parquet_partitions_are_row_groups(tmp_path: Path, incidents: pd.DataFrame) -> None:
+    path = tmp_path / "incidents.parquet"
+    incidents.to_parquet(path, index=False, row_group_size=100)
+    partitions = open_source(path).partitions(3)
+    assert [p.first_row for p in partitions] == [0, 200, 400]
+
+
+def test_chunk_checks_name_bad_rows(tmp_path: Path, incidents: pd.DataFrame) -> None:
+    lines = incidents.head(40).to_csv(index=False).splitlines()
+    fields = lines[3].split(",")
+    fields[5] = "twelve"  # row 3 (1-based data row): text in feature4
+    lines[3] = ",".join(fields)
+    fields = lines[8].split(",")
+    fields[2] = "-inf"  # row 8: infinite feature1
+    lines[8] = ",".join(fields)
+    lines[20] = lines[20] + ",1"  # row 20: one field too many
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join(lines) + "\n")
+    (chunk,) = open_source(path).chunks(100)
+    checked = check_chunk(chunk)
+    bad = checked.bad.to_pandas()
+    assert bad["row"].tolist() == [2, 7, 19]  # positions (0-based) of the bad rows
+    assert "'feature4' is not a number ('twelve')" in bad["reason"][0]
+    assert "'feature1' is infinite" in bad["reason"][1]
+    assert "has 109 fields, expected 108" in bad["reason"][2]
+    assert bad[SAMPLE_ID].tolist()[:2] == ["2", "7"]
+    assert checked.positions.tolist() == [i for i in range(40) if i not in (2, 7, 19)]
+    assert checked.ids.tolist() == checked.positions.tolist()
+    assert checked.cell_counts == {
+        ("type", "feature4"): 1,
+        ("infinite", "feature1"): 1,
+        ("fields", "*"): 1,
+    }
+    # Cells the one-shot path calls missing are missing here too, not bad.
+    lines = incidents.head(3).to_csv(index=False).splitlines()
+    lines[1] = lines[1].replace(lines[1].split(",")[1], "NA", 1)
+    path.write_text("\n".join(lines) + "\n")
+    (chunk,) = open_source(path).chunks(100)
+    assert check_chunk(chunk).bad is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "file is empty"),
+        (b"\x00\x01\x02 binary", "binary"),
+        (b"sample_id;feature0;feature1\n1;2;3\n", "semicolon"),
+        (b"sample_id,feature0\n1,2\n", "missing columns: feature1"),
+    ],
+)
+def test_unusable_files_are_refused_before_reading(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "broken.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataValidationError, match=message):
+        open_source(path)
+
+
+def test_duplicate_columns_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.csv"
+    path.write_text(",".join([*KPI_FEATURES, "feature3"]) + "\n")
+    with pytest.raises(DataValidationError, match="duplicate column names: feature3"):
+        open_source(path)
+
+
+def test_atomic_writer_renames_on_commit_and_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    target.write_text("earlier result\n")
+    table = pa.table({"a": [1, 2], "b": [0.5, 0.25]})
+    with pytest.raises(RuntimeError), AtomicTableWriter(target, ["a", "b"]) as writer:
+        writer.write(table)
+        raise RuntimeError("the job died half-way")
+    assert target.read_text() == "earlier result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+    with AtomicTableWriter(target, ["a", "b"]) as writer:
+        writer.write(table)
+        writer.write(table)
+        writer.commit()
+    assert target.read_text() == "a,b\n1,0.5\n2,0.25\n1,0.5\n2,0.25\n"
+    assert target.stat().st_mode & 0o044  # readable like any other result, not private
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_prefetch_reads_ahead_boundedly_and_hands_over_errors() -> None:
+    produced: list[int] = []
+
+    def numbers():  # type: ignore[no-untyped-def]
+        for i in range(100):
+            produced.append(i)
+            yield i
+        raise ValueError("source broke")
+
+    with Prefetch(numbers(), depth=2) as ahead:
+        iterator = iter(ahead)
+        assert next(iterator) == 0
+        threading.Event().wait(0.3)
+        assert len(produced) <= 4  # one handed over, two queued, one waiting to be queued
+        with pytest.raises(ValueError, match="source broke"):
+            list(iterator)
+
+
+def test_shard_losses_add_up_to_the_batch_mean() -> None:
+    """What DDP training relies on: each rank's share (its weighted, label-smoothed loss sum over
+    the batch's weight) adds up to the single-process batch mean, hence the same gradient."""
+    torch.manual_seed(0)
+    logits, labels, weights = torch.randn(12, 6), torch.randint(0, 6, (12,)), torch.rand(6) + 0.1
+    mean = nn.CrossEntropyLoss(weight=weights, label_smoothing=0.05)(logits, labels)
+    shard_sum = nn.CrossEntropyLoss(weight=weights, label_smoothing=0.05, reduction="sum")
+    shares = [shard_sum(logits[r::2], labels[r::2]) / weights[labels].sum() for r in (0, 1)]
+    assert torch.allclose(sum(shares), mean, atol=1e-6)
