@@ -39,14 +39,17 @@ def check_port(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise ConfigError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); "
-                "choose another port with --port"
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another port with --port"
             ) from exc
 
 
-def service_env(settings: Settings, config_file: Path | str | None = None) -> dict[str, str]:
+def service_env(
+    settings: Settings,
+    config_file: Path | str | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The environment of a service process: this one's, plus the state folder and config."""
-    env = dict(os.environ)
+    env = {**os.environ, **(extra or {})}
     env["SYSTEMHEALER_HOME"] = str(settings.home)
     if config_file is not None:
         env["SYSTEMHEALER_CONFIG"] = str(Path(config_file).resolve())
@@ -67,12 +70,13 @@ def start_service(
     port: int,
     config_file: Path | str | None = None,
     log: IO[bytes] | int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the service in the background (its own process group); returns at once."""
     check_port(host, port)
     return subprocess.Popen(
         serve_command(host, port),
-        env=service_env(settings, config_file),
+        env=service_env(settings, config_file, extra_env),
         stdout=log,
         stderr=subprocess.STDOUT if log is not None else None,
         stdin=subprocess.DEVNULL,
