@@ -47,26 +47,28 @@ class PreprocessingSettings(_Section):
     ple_bins: int = Field(
         16, ge=0, description="thermometer units per feature; 0 = normal scores only"
     )
-    select_top_k: int | None = Field(None, ge=1, description="keep the k most informative columns")
+    select_top_k: int | None = Field(20, ge=1, description="keep the k most informative columns")
 
 
 class TrainingSettings(_Section):
     """The MLP and its optimisation."""
 
-    hidden_sizes: tuple[int, ...] = (256, 128)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    hidden_sizes: tuple[int, ...] = (256, 256, 256)
+    dropout: float = Field(0.4, ge=0, lt=1)
+    learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(128, ge=8)
-    max_epochs: int = Field(150, ge=1)
-    patience: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=8)
+    max_epochs: int = Field(60, ge=1)
+    patience: int = Field(15, ge=1)
+    ensemble_size: int = Field(3, ge=1, description="MLPs from consecutive seeds, averaged")
     class_weighted: bool = True
     label_smoothing: float = Field(0.05, ge=0, lt=1)
     seed: int = 42
     validation_fraction: float = Field(0.15, gt=0, lt=0.5)
     evaluation_fraction: float = Field(0.15, gt=0, lt=0.5)
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
-    pseudo_deployments: bool = True
+    # Train on simulated deployments' statistics (off: -0.01…-0.03 macro-F1 in shift studies).
+    pseudo_deployments: bool = False
     p_training_reference: float = Field(0.2, ge=0, le=1)
 
 
@@ -82,9 +84,9 @@ class CalibrationSettings(_Section):
 
     min_reference_rows: int = Field(20, ge=2)
     max_reference_rows: int = Field(50_000, ge=10)
-    # Re-weight probabilities by the deployment's EM-estimated class mix (off: in shift
-    # simulations it did not raise macro-F1; the estimate is reported either way).
-    correct_label_shift: bool = False
+    # Re-weight probabilities by the deployment's EM-estimated class mix (shift studies: no
+    # change at a balanced mix, +0.02…0.03 macro-F1 at a skewed one).
+    correct_label_shift: bool = True
 
 
 class RegistrySettings(_Section):

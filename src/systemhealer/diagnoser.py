@@ -17,14 +17,17 @@ import torch
 
 from systemhealer.config import FAULT_CLASSES
 from systemhealer.data import PROBA_COLUMNS
+from systemhealer.errors import ModelNotFoundError
 from systemhealer.features import DeploymentStats, KpiPreprocessor
 from systemhealer.label_shift import correct_probabilities
-from systemhealer.model import FaultMLP
+from systemhealer.model import FaultEnsemble
 from systemhealer.validation import DataProfile
 
 _PREPROCESSOR = "preprocessor.json"
 _NETWORK = "network.pt"
 _META = "model.json"
+# Bumped when the saved form changes; older folders are refused with a clear message.
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -32,7 +35,7 @@ class FaultDiagnoser:
     """Preprocessing + MLP + the training profile used for drift checks."""
 
     preprocessor: KpiPreprocessor
-    network: FaultMLP
+    network: FaultEnsemble
     profile: DataProfile | None = None
     metadata: dict[str, Any] | None = None
     # Statistics measured for calibrated deployments, keyed by (name, file version).
@@ -74,6 +77,7 @@ class FaultDiagnoser:
         (folder / _PREPROCESSOR).write_text(json.dumps(self.preprocessor.to_dict()))
         torch.save(self.network.state_dict(), folder / _NETWORK)
         meta = {
+            "format": FORMAT_VERSION,
             "architecture": self.network.architecture(),
             "profile": self.profile.to_dict() if self.profile else None,
             "metadata": self.metadata or {},
@@ -85,13 +89,13 @@ class FaultDiagnoser:
     def load(cls, folder: Path | str) -> FaultDiagnoser:
         folder = Path(folder)
         meta = json.loads((folder / _META).read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ModelNotFoundError(
+                f"model saved in format {meta.get('format', 1)}; this SystemHealer reads format "
+                f"{FORMAT_VERSION}: retrain it"
+            )
         arch = meta["architecture"]
-        network = FaultMLP(
-            n_inputs=arch["n_inputs"],
-            hidden_sizes=tuple(arch["hidden_sizes"]),
-            n_classes=arch["n_classes"],
-            dropout=arch["dropout"],
-        )
+        network = FaultEnsemble.from_architecture(arch)
         network.load_state_dict(torch.load(folder / _NETWORK, weights_only=True))
         network.eval()
         preprocessor = KpiPreprocessor.from_dict(json.loads((folder / _PREPROCESSOR).read_text()))

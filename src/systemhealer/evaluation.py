@@ -96,14 +96,32 @@ def plot_confusion(report: EvaluationReport, class_names: tuple[str, ...], path:
 
 
 def plot_loss_curves(history: list[dict[str, float]], path: Path) -> Path:
-    epochs = [h["epoch"] for h in history]
+    """Loss and validation macro-F1 per epoch, one line per ensemble member."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [h["train_loss"] for h in history], label="train")
-    left.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    for member in sorted({int(h.get("member", 0)) for h in history}):
+        curve = [h for h in history if int(h.get("member", 0)) == member]
+        epochs = [h["epoch"] for h in curve]
+        suffix = f" (member {member})" if member else ""
+        left.plot(
+            epochs,
+            [h["train_loss"] for h in curve],
+            color="tab:blue",
+            alpha=1 / (1 + member),
+            label="train" + suffix,
+        )
+        left.plot(
+            epochs,
+            [h["val_loss"] for h in curve],
+            color="tab:orange",
+            alpha=1 / (1 + member),
+            label="validation" + suffix,
+        )
+        right.plot(
+            epochs, [h["val_macro_f1"] for h in curve], color="tab:green", alpha=1 / (1 + member)
+        )
     left.set_xlabel("epoch")
     left.set_ylabel("cross-entropy")
-    left.legend()
-    right.plot(epochs, [h["val_macro_f1"] for h in history], color="tab:green")
+    left.legend(fontsize=7)
     right.set_xlabel("epoch")
     right.set_ylabel("validation macro-F1")
     fig.tight_layout()

@@ -27,7 +27,7 @@ from systemhealer.evaluation import (
     plot_loss_curves,
 )
 from systemhealer.shift import balanced_shifted_copies, shift_scores
-from systemhealer.training import EpochCallback, PreparedData, TrainingResult, train_network
+from systemhealer.training import EpochCallback, PreparedData, TrainingResult, train_ensemble
 from systemhealer.validation import DataProfile, ValidationReport, require_valid, validate_file
 
 
@@ -51,13 +51,14 @@ def fit_model(
     split = prepared.split
 
     def log_epoch(record: dict[str, float]) -> None:
-        tracking.log_metrics(
-            {k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"])
-        )
+        curves = {
+            k: v for k, v in record.items() if k in ("train_loss", "val_loss", "val_macro_f1")
+        }
+        tracking.log_metrics(curves, step=int(record.get("step", record["epoch"])))
         if on_epoch:
             on_epoch(record)
 
-    return train_network(
+    return train_ensemble(
         prepared.training_inputs(settings.training),
         prepared.labels[split.train],
         prepared.inputs(split.validation),

@@ -31,10 +31,11 @@ class Candidate:
 
 DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("mlp-default"),
-    Candidate("mlp-no-pseudo-deployments", {"training.pseudo_deployments": False}),
+    Candidate("mlp-pseudo-deployments", {"training.pseudo_deployments": True}),
+    Candidate("mlp-all-features", {"preprocessing.select_top_k": None}),
     Candidate("mlp-normal-scores-only", {"preprocessing.ple_bins": 0}),
-    Candidate("mlp-wide", {"training.hidden_sizes": [512, 256], "training.dropout": 0.3}),
-    Candidate("mlp-deep", {"training.hidden_sizes": [256, 256, 128], "training.dropout": 0.3}),
+    Candidate("mlp-wide", {"training.hidden_sizes": [512, 512]}),
+    Candidate("mlp-single-member", {"training.ensemble_size": 1}),
     Candidate("mlp-top30-features", {"preprocessing.select_top_k": 30}),
     Candidate(GBT_BASELINE),
 )

@@ -26,7 +26,7 @@ from systemhealer.data import (
 from systemhealer.errors import TrainingError
 from systemhealer.evaluation import macro_f1
 from systemhealer.features import KpiPreprocessor
-from systemhealer.model import FaultMLP
+from systemhealer.model import FaultEnsemble, FaultMLP
 from systemhealer.shift import pseudo_deployment
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -105,7 +105,7 @@ def prepare_training_data(incidents: pd.DataFrame, settings: Settings) -> Prepar
 class TrainingResult:
     """The best network (by validation macro-F1) and its per-epoch history."""
 
-    network: FaultMLP
+    network: FaultMLP | FaultEnsemble
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
@@ -209,3 +209,38 @@ def train_network(
     network.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def train_ensemble(
+    x_train: np.ndarray | InputSampler,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    settings: TrainingSettings,
+    on_epoch: EpochCallback | None = None,
+    show_progress: bool = True,
+) -> TrainingResult:
+    """Train ``settings.ensemble_size`` MLPs from consecutive seeds; average their probabilities.
+
+    The history is the concatenation of the members' epochs (each record names its member).
+    """
+    members, history, seconds, best = [], [], 0.0, 0
+    for member in range(settings.ensemble_size):
+        member_settings = settings.model_copy(update={"seed": settings.seed + member})
+
+        def tagged(
+            record: dict[str, float], member: int = member, done: int = len(history)
+        ) -> None:
+            if on_epoch:
+                on_epoch({**record, "member": member, "step": done + record["epoch"]})
+
+        result = train_network(
+            x_train, y_train, x_val, y_val, member_settings, tagged, show_progress
+        )
+        history += [{**h, "member": member} for h in result.history]
+        members.append(result.network)
+        seconds += result.seconds
+        best = best or result.best_epoch
+    ensemble = FaultEnsemble(members)  # type: ignore[arg-type]
+    ensemble.eval()
+    return TrainingResult(network=ensemble, history=history, best_epoch=best, seconds=seconds)
