@@ -153,11 +153,20 @@ def row_groups(features: pd.DataFrame, ignore: tuple[str, ...] = ()) -> np.ndarr
     """Group key per row: rows with identical KPI values (``ignore`` columns aside) share it.
 
     Configuration-like columns are ignored because some copies of the same incident differ
-    only there (a missing value that stayed as the configuration constant).
+    only there (a missing value that stayed as the configuration constant); values are compared
+    at 5 significant digits because other public copies carry rounding noise.
     """
     kept = features.drop(columns=[c for c in ignore if c in features.columns])
-    rounded = kept.round(6)
+    rounded = pd.DataFrame(significant(kept.to_numpy(dtype=np.float64), 5), columns=kept.columns)
     return pd.util.hash_pandas_object(rounded, index=False).to_numpy()
+
+
+def significant(values: np.ndarray, digits: int) -> np.ndarray:
+    """Round to ``digits`` significant digits (NaN and 0 stay as they are)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(np.abs(values)))
+        scale = np.where(np.isfinite(magnitude), 10.0 ** (digits - 1 - magnitude), 1.0)
+        return np.round(values * scale) / scale
 
 
 def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
@@ -175,6 +184,25 @@ class Split:
     evaluation: np.ndarray
 
 
+def grouped_holdout(
+    labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split row positions in two (kept, held out) so that no group falls on both sides.
+
+    Whole groups are assigned, stratified by each group's first label (sklearn's
+    StratifiedGroupKFold does the same far more slowly: seconds per split on 7k rows).
+    """
+    _, first_row, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    strata = labels[first_row]
+    counts = np.bincount(strata)
+    stratify = strata if counts[counts > 0].min() >= 2 else None
+    kept, held = train_test_split(
+        np.arange(len(first_row)), test_size=fraction, random_state=seed, stratify=stratify
+    )
+    positions = np.arange(len(labels))
+    return positions[np.isin(inverse, kept)], positions[np.isin(inverse, held)]
+
+
 def grouped_split(
     labels: np.ndarray,
     groups: np.ndarray,
@@ -182,36 +210,12 @@ def grouped_split(
     evaluation_fraction: float,
     seed: int,
 ) -> Split:
-    """Stratified split in which rows of one group never fall on two sides.
-
-    Whole groups are assigned, stratified by each group's first label (sklearn's
-    StratifiedGroupKFold does the same far more slowly: seconds per split on 7k rows).
-    """
-    _, first_row, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    group_labels = labels[first_row]
-    group_ids = np.arange(len(first_row))
-
-    def take(ids: np.ndarray, fraction: float, salt: int) -> tuple[np.ndarray, np.ndarray]:
-        strata = group_labels[ids]
-        stratify = (
-            strata
-            if np.bincount(strata).max(initial=0)
-            and np.all(np.bincount(strata)[np.unique(strata)] >= 2)
-            else None
-        )
-        kept, taken = train_test_split(
-            ids, test_size=fraction, random_state=seed + salt, stratify=stratify
-        )
-        return np.sort(kept), np.sort(taken)
-
-    rest, evaluation = take(group_ids, evaluation_fraction, 0)
-    train, validation = take(rest, validation_fraction / (1 - evaluation_fraction), 1)
-    positions = np.arange(len(labels))
-
-    def rows(ids: np.ndarray) -> np.ndarray:
-        return positions[np.isin(inverse, ids)]
-
-    return Split(train=rows(train), validation=rows(validation), evaluation=rows(evaluation))
+    """Stratified train/validation/evaluation split in which no group falls on two sides."""
+    rest, evaluation = grouped_holdout(labels, groups, evaluation_fraction, seed)
+    train, validation = grouped_holdout(
+        labels[rest], groups[rest], validation_fraction / (1 - evaluation_fraction), seed + 1
+    )
+    return Split(train=rest[train], validation=rest[validation], evaluation=evaluation)
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:

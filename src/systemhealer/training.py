@@ -20,6 +20,7 @@ from systemhealer.data import (
     Split,
     deduplicate,
     fingerprint,
+    grouped_holdout,
     grouped_split,
     row_groups,
 )
@@ -99,6 +100,19 @@ def prepare_training_data(incidents: pd.DataFrame, settings: Settings) -> Prepar
         duplicates_dropped=len(incidents) - len(unique),
         fingerprint=data_fingerprint,
     )
+
+
+def grouped_split_of(
+    rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, settings: Settings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``rows`` into train and validation parts without splitting a group."""
+    train, validation = grouped_holdout(
+        labels[rows],
+        groups[rows],
+        settings.training.validation_fraction,
+        settings.training.seed + 1,
+    )
+    return rows[train], rows[validation]
 
 
 @dataclass
