@@ -236,6 +236,8 @@ def recover_interrupted_trainings(settings: Settings, lock: StateLock | None = N
     With ``lock`` (held by the caller) it always sweeps; without, it sweeps only if the training
     lock is free right now (no training running), e.g. when the scheduler starts.
     """
+    if settings.mlflow_tracking_uri is None and not (settings.home / "mlflow.db").exists():
+        return []  # no store yet, so no run to recover (and no reason to create one here)
     from systemhealer import tracking
 
     if lock is not None:

@@ -1,0 +1,140 @@
+"""Drift: distances on signed-log values, reports kept and logged, the drift and retraining flows."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from systemhealer import drift, inbox, tracking
+from systemhealer.config import load_settings
+from systemhealer.data import KPI_FEATURES
+from systemhealer.errors import DataValidationError
+
+
+def test_psi_and_wasserstein_see_a_shift_of_magnitude_not_noise() -> None:
+    rng = np.random.default_rng(0)
+    training = rng.lognormal(5, 1, 5000)
+    sketch = drift.FeatureSketch.learn(training)
+    assert sketch is not None and abs(sum(sketch.fractions) - 1) < 1e-9
+    same = rng.lognormal(5, 1, 2000)
+    assert sketch.psi(same) < 0.05
+    assert sketch.wasserstein(same) < 0.1
+    hundredfold = same * 100
+    assert sketch.psi(hundredfold) > 1.0
+    assert sketch.wasserstein(hundredfold) == pytest.approx(np.log(100), rel=0.05)
+    # Signs survive: the same magnitudes, negated, are far away.
+    assert sketch.psi(-same) > 1.0
+
+
+def test_point_masses_missing_and_infinite_values_give_finite_answers() -> None:
+    training = np.r_[np.zeros(700), np.arange(300.0), [np.nan] * 50, [np.inf]]
+    sketch = drift.FeatureSketch.learn(training)
+    assert sketch is not None and len(sketch.edges) < 9  # the ties collapsed
+    assert np.isfinite(sketch.psi(np.r_[np.zeros(70), np.arange(30.0)]))
+    assert sketch.psi(np.zeros(100)) > 0.25  # all in the point mass: drift
+    assert sketch.psi(np.array([np.nan, np.inf])) is None  # nothing finite to compare
+    assert drift.FeatureSketch.learn(np.array([np.nan])) is None
+
+
+def test_report_ids_from_requests_never_leave_the_reports_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path))
+    settings = load_settings()
+    for bad in ("../../etc/passwd", "20260101T000000Z-../x", "/etc/passwd", "", "a" * 300):
+        with pytest.raises(DataValidationError):
+            drift.load_report(settings, bad)
+
+
+@pytest.mark.integration
+def test_drift_of_the_training_data_and_of_another_deployment(
+    trained_state, small_training_frame: pd.DataFrame, unlabelled_frame: pd.DataFrame
+) -> None:
+    settings = load_settings()
+    diagnoser, _ = tracking.load_diagnoser(settings)
+    assert set(diagnoser.profile.distributions) >= set(diagnoser.preprocessor.columns)
+
+    same = drift.check_frame(small_training_frame, "train.csv", settings, diagnoser, "1")
+    other = drift.check_frame(unlabelled_frame, "other.csv", settings, diagnoser, "1")
+    assert same.summary["drift_detected"] is False, same.headline()
+    assert other.summary["drift_detected"] is True, other.headline()
+    assert other.summary["mean_psi"] > 3 * same.summary["mean_psi"]
+    # The GX view is part of the report: the contract passed, range warnings were raised.
+    assert other.validation["ok"] is True
+    assert any(i["check"] == "drift" for i in other.validation["issues"])
+    assert {f["feature"] for f in other.features} == set(KPI_FEATURES)
+
+    broken = unlabelled_frame.head(50).drop(columns=["feature3"])
+    report = drift.check_frame(broken, "broken.csv", settings, diagnoser, "1")
+    assert report.summary["drift_detected"] is None and "contract" in report.summary["reason"]
+
+
+@pytest.mark.integration
+def test_drift_flow_keeps_reports_and_logs_them_to_mlflow(
+    trained_state, unlabelled_frame: pd.DataFrame
+) -> None:
+    from flows.drift import drift_flow
+
+    settings = load_settings()
+    settings.drift_inbox_dir.mkdir(parents=True, exist_ok=True)
+    source = settings.drift_inbox_dir / "week1.csv"
+    unlabelled_frame.head(400).to_csv(source, index=False)
+    old = time.time() - 600
+    os.utime(source, (old, old))
+    outcome = drift_flow()
+    (checked,) = outcome["checked"]
+    assert checked["summary"]["drift_detected"] is True
+    assert not source.exists() and list((settings.drift_inbox_dir / "checked").iterdir())
+
+    latest = drift.load_report(settings)
+    assert latest["report_id"] == checked["report_id"]
+    assert drift.load_report(settings, checked["report_id"])["source"] == "week1.csv"
+    assert drift.list_reports(settings)[0]["report_id"] == checked["report_id"]
+    runs = tracking.list_runs(settings, tracking.monitoring_experiment(settings))
+    logged = next(r for r in runs if r["run_id"] == checked["mlflow_run_id"])
+    assert logged["status"] == "FINISHED" and logged["tags"]["drift_detected"] == "True"
+    assert logged["metrics"]["features_drifted"] == checked["summary"]["features_drifted"]
+
+
+@pytest.mark.integration
+def test_retraining_flow_merges_trains_then_waits_for_new_data(
+    prefect_harness, small_training_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    from flows.retraining import retraining_flow
+
+    saved = os.environ.get("SYSTEMHEALER_HOME")
+    os.environ["SYSTEMHEALER_HOME"] = str(tmp_path / "home")
+    os.environ["SYSTEMHEALER_SCHEDULE__SETTLE_SECONDS"] = "0"
+    try:
+        settings = load_settings()
+        settings.inbox_dir.mkdir(parents=True)
+        small_training_frame.to_csv(settings.inbox_dir / "history.csv", index=False)
+        bad = small_training_frame.head(30).assign(label=7)
+        bad.to_csv(settings.inbox_dir / "bad-labels.csv", index=False)
+
+        first = retraining_flow()
+        statuses = {f["name"]: f["status"] for f in first["inbox"]["files"]}
+        assert statuses == {"history.csv": "merged", "bad-labels.csv": "rejected"}
+        assert first["trained"] and first["training"]["promoted"]
+        champion = tracking.champion(settings)
+        assert champion is not None and champion.version == first["training"]["model_version"]
+        manifest = inbox.read_manifest(settings)
+        assert manifest["trained_sha256"] == manifest["dataset"]["sha256"]
+        rejected = json.loads(next(settings.rejected_dir.glob("*.report.json")).read_text())
+        assert "label" in rejected["text"]
+
+        second = retraining_flow()
+        assert not second["trained"] and "no new training data" in second["reason"]
+        assert tracking.champion(settings).version == champion.version
+    finally:
+        os.environ.pop("SYSTEMHEALER_SCHEDULE__SETTLE_SECONDS")
+        if saved is None:
+            os.environ.pop("SYSTEMHEALER_HOME")
+        else:
+            os.environ["SYSTEMHEALER_HOME"] = saved
