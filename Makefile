@@ -5,9 +5,10 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 export SYSTEMHEALER_HOME ?= $(CURDIR)/.systemhealer
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export BENTOML_DO_NOT_TRACK = true
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint format bench serve mlflow-ui clean browser
+.PHONY: setup demo test test-fast lint format bench serve bento mlflow-ui clean browser
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,18 +31,21 @@ test-fast: setup ## unit tests only
 	$(BIN)/pytest -m "not integration and not browser" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check src flows tests
-	$(BIN)/ruff format --check src flows tests
+	$(BIN)/ruff check src flows tests benchmarks
+	$(BIN)/ruff format --check src flows tests benchmarks
 
 format: setup
-	$(BIN)/ruff format src flows tests
-	$(BIN)/ruff check --fix src flows tests
+	$(BIN)/ruff format src flows tests benchmarks
+	$(BIN)/ruff check --fix src flows tests benchmarks
 
 bench: setup ## benchmark tables (serving, batch scoring)
 	$(BIN)/python -m benchmarks.run
 
 serve: setup
 	$(BIN)/systemhealer serve
+
+bento: setup ## package the service + champion as a Bento (offline bentoml build)
+	$(BIN)/systemhealer bento
 
 mlflow-ui: setup ## the MLflow UI on the embedded store, http://127.0.0.1:5000
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(SYSTEMHEALER_HOME)/mlflow.db \

@@ -359,14 +359,33 @@ def serve(
     url = f"http://{host}:{port}"
     if tracking.champion(settings) is None:
         typer.echo(
-            f"note: no champion yet; the service starts but is not ready until "
-            f"`systemhealer train FILE` registers one (it is taken up without a restart)"
+            "note: no champion yet; the service starts but is not ready until "
+            "`systemhealer train FILE` registers one (it is taken up without a restart)"
         )
     typer.echo(
         f"serving {settings.model_uri} on {url}: POST /predict, /predict_batch, /predict_csv; "
         f"GET /model_info, /readyz; API docs {url}/docs (Ctrl-C to stop)"
     )
     raise typer.Exit(run_service(settings, host, port, config))
+
+
+@app.command()
+def bento(
+    version: Annotated[
+        str | None, typer.Option("--version", help="Registered version (default: the champion).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Package the service with the champion inside as a Bento (offline `bentoml build`)."""
+    from systemhealer.bundle import build_bento
+
+    settings = _settings(config)
+    tag = build_bento(settings, version)
+    typer.echo(
+        f"built Bento {tag} (store: {settings.home / 'bentoml'}); serve it with "
+        f"`BENTOML_HOME={settings.home / 'bentoml'} bentoml serve {tag}`, or, where Docker "
+        f"runs, `bentoml containerize {tag}` then `docker run --rm -p 3000:3000 {tag}`"
+    )
 
 
 @app.command()

@@ -110,6 +110,9 @@ class ServingSettings(_Section):
     # One log line per request costs ~0.4 ms of CPU, as much as the rest of the HTTP stack;
     # /metrics counts requests per endpoint and status either way.
     access_log: bool = False
+    # BentoML model tag to serve instead of the registry's champion (set inside a Bento built
+    # by `systemhealer bento`, which has no registry to poll).
+    bundled_model: str | None = None
     class_names: tuple[str, ...] = tuple(f"Class {c}" for c in FAULT_CLASSES)
 
 

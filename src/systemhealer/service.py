@@ -167,11 +167,19 @@ class FaultDiagnosisService:
         limit_torch_threads(1)
         self.settings = settings
         self.watcher = ChampionWatcher(settings)
-        self.watcher.start()
+        if settings.serving.bundled_model:  # inside a Bento: its packaged model, for good
+            from systemhealer.bundle import load_bundled
+
+            self.watcher.serve_fixed(load_bundled(settings.serving.bundled_model, settings))
+        else:
+            self.watcher.start()
         self.batcher: MicroBatcher[DiagnosisJob, Diagnoses] = MicroBatcher(self._diagnose)
 
     def _diagnose(self, jobs: list[DiagnosisJob]) -> list[Diagnoses | Exception]:
-        return diagnose_jobs(self.watcher.require(), jobs, self.settings)
+        model = self.watcher.current  # one model for the whole pass, even during a swap
+        if model is None:
+            return [ModelNotFoundError(self.watcher.problem or "no model loaded")] * len(jobs)
+        return diagnose_jobs(model, jobs, self.settings)
 
     def __is_ready__(self) -> bool:
         return self.watcher.current is not None

@@ -156,6 +156,12 @@ class ChampionWatcher:
         )
         return True
 
+    def serve_fixed(self, model: ServedModel) -> None:
+        """Serve ``model`` for good (a Bento's packaged model): no registry, no polling."""
+        self._current = model
+        self.swaps += 1
+        log.info("serving packaged model %s version %s", model.model_name, model.version)
+
     def _poll(self) -> None:
         while True:
             try:
