@@ -63,7 +63,7 @@ JOB_FILES = frozenset(
     {"job.json", "progress.json", "result.json", "error.json", "validation.json",
      "report.json", "diagnoses.csv", "diagnoses.json", "diagnoses.parquet", "worker.log"}
 )  # fmt: skip
-_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{6}$")
+_ID = re.compile(r"^[0-9]{8}T[0-9]{12}-[0-9a-f]{6}$")
 _INPUT_SUFFIXES = (".csv.gz", ".csv", ".parquet", ".pq")
 MAX_ATTEMPTS = 2
 UPLOAD_TTL = timedelta(hours=24)
@@ -84,8 +84,8 @@ def _now() -> str:
 
 
 def new_id() -> str:
-    """A sortable, unguessable id: UTC time and 24 random bits."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    """An id that sorts in creation order (UTC time to the microsecond) plus 24 random bits."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
 
 
 def check_id(job_id: str) -> str:
@@ -782,6 +782,10 @@ def diagnosis_summary(
     return {
         "rows": rows,
         "class_counts": counts,
+        "class_confidence": {
+            str(c): float(confidence[labels == c].mean()) if (labels == c).any() else None
+            for c in FAULT_CLASSES
+        },
         "mean_confidence": float(confidence.mean()) if rows else None,
         "low_confidence": int((confidence < 0.5).sum()),
         "confidence_histogram": {"edges": edges.round(2).tolist(), "counts": histogram.tolist()},

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -115,7 +115,16 @@ class IncidentsRequest(BaseModel):
 
 
 class TrainingRequest(BaseModel):
+    """Train on an upload that passed validation."""
+
     upload_id: str
+
+
+class DiagnosisRequest(BaseModel):
+    """Diagnose an upload whose type and header were checked."""
+
+    upload_id: str
+    deployment: str | None = None
 
 
 def _status_of(exc: SystemHealerError) -> int:
@@ -124,10 +133,8 @@ def _status_of(exc: SystemHealerError) -> int:
         return status
     if isinstance(exc, TokenError):
         return 401
-    if isinstance(exc, jobs.JobNotFoundError | DeploymentNotFoundError):
+    if isinstance(exc, jobs.JobNotFoundError | DeploymentNotFoundError | ModelNotFoundError):
         return 404
-    if isinstance(exc, ModelNotFoundError):
-        return 409
     if isinstance(exc, DataValidationError):
         return 422
     return 400
@@ -318,52 +325,79 @@ def create_app(
         runner.wake()
         return job
 
-    # --- training ---
+    # --- uploads: stored and checked at once; the verdict is an answer, not an HTTP error ---
 
     @app.post(f"{API}/uploads", dependencies=[require_token])
-    def upload_training_file(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        """Store a labelled file and validate it at once (blocking errors and drift warnings)."""
-        from systemhealer.validation import validate_file
-
+    def upload_file(
+        file: Annotated[UploadFile, File()],
+        purpose: Annotated[Literal["train", "diagnose"], Form()] = "train",
+    ) -> dict[str, Any]:
+        """Store an uploaded file and check it: a training file is validated in full (blocking
+        errors and drift warnings against the champion), a file to diagnose by its type and
+        header (its rows are checked by the job). ``ok`` false says why, in ``error``."""
         upload = uploads.new(file.filename)
         size = _copy_upload(file, upload.path)
+        answer: dict[str, Any] = {
+            "upload_id": upload.id,
+            "filename": upload.filename,
+            "size_bytes": size,
+            "purpose": purpose,
+        }
+        try:
+            if purpose == "train":
+                answer.update(_check_training_file(upload.path, upload.filename))
+            else:
+                champion.get()  # no champion: say so before anything is queued
+                _check_header(upload.path, upload.filename)
+                answer["ok"] = True
+        except SystemHealerError as exc:
+            answer.update(ok=False, **_error_payload(exc))
+        if answer["ok"]:
+            uploads.save_meta(upload, answer)
+        else:
+            uploads.discard(upload.id)  # nothing can be done with it
+            answer.pop("upload_id")
+        return answer
+
+    def _check_training_file(path: Path, shown: str) -> dict[str, Any]:
+        from systemhealer.validation import validate_file
+
         report, frame = validate_file(
-            upload.path, settings.data, require_label=True, profile=champion.profile()
+            path, settings.data, require_label=True, profile=champion.profile()
         )
-        report.source = upload.filename
+        report.source = shown
         for issue in report.issues:
-            issue.message = issue.message.replace(str(upload.path), upload.filename)
+            issue.message = issue.message.replace(str(path), shown)
         counts: dict[str, int] = {}
         if LABEL in frame.columns and report.ok:
             values = pd.to_numeric(frame[LABEL], errors="coerce").dropna().astype(int)
             counts = {str(c): int((values == c).sum()) for c in FAULT_CLASSES}
-        meta = {
-            "upload_id": upload.id,
-            "size_bytes": size,
+        checked: dict[str, Any] = {
             "ok": report.ok,
             "validation": report.to_dict(),
             "class_counts": counts,
         }
-        if report.ok:
-            uploads.save_meta(upload, meta)
-        else:
-            uploads.discard(upload.id)  # nothing can be done with it
-        return {**meta, "filename": upload.filename}
+        if not report.ok:
+            checked["error"] = report.summary()
+        return checked
+
+    def take_upload(upload_id: str, purpose: str) -> jobs.Upload:
+        upload = uploads.get(upload_id)
+        if upload.meta.get("purpose") != purpose or not upload.meta.get("ok"):
+            raise jobs.JobNotFoundError(f"no checked upload {upload_id!r} to {purpose}")
+        return upload
+
+    # --- training ---
 
     @app.post(f"{API}/training-jobs", status_code=202, dependencies=[require_token])
     def start_training(request: TrainingRequest) -> dict[str, Any]:
-        upload = uploads.get(request.upload_id)
-        if not upload.meta.get("ok"):
-            raise DataValidationError("this file did not pass validation; fix it and upload again")
-
-        def take(target: Path) -> None:
-            os.replace(upload.path, target)
-
+        """Queue a training of a validated upload through the Prefect training flow."""
+        upload = take_upload(request.upload_id, "train")
         job = queue(
             jobs.TRAIN,
             upload.filename,
             {"class_counts": upload.meta.get("class_counts"), "rows": _rows(upload.meta)},
-            take,
+            lambda target: os.replace(upload.path, target),
         )
         store.write(job.id, "validation.json", upload.meta.get("validation"))
         uploads.discard(upload.id)
@@ -372,47 +406,45 @@ def create_app(
     # --- diagnosis ---
 
     @app.post(f"{API}/diagnosis-jobs", status_code=202, dependencies=[require_token])
-    def start_diagnosis(
-        file: Annotated[UploadFile, File()],
-        deployment: Annotated[str | None, Form()] = None,
-    ) -> dict[str, Any]:
-        """Queue a file of incidents for diagnosis (validated and scored in the background)."""
-        deployment = (deployment or "").strip() or None
+    def start_diagnosis(request: DiagnosisRequest) -> dict[str, Any]:
+        """Queue a checked upload for diagnosis (validated and scored in the background)."""
+        deployment = (request.deployment or "").strip() or None
         if deployment is not None:
             from systemhealer.deployments import list_deployments
 
             if deployment not in {d.name for d in list_deployments(settings)}:
                 raise DeploymentNotFoundError(f"no calibrated deployment named {deployment!r}")
-        champion.get()  # no champion: say so now, not after the upload is queued
-        upload = uploads.new(file.filename or "incidents.csv")
-        try:
-            _copy_upload(file, upload.path)
-            _check_header(upload.path, upload.filename)
-            job = queue(
-                jobs.DIAGNOSE,
-                upload.filename,
-                {"deployment": deployment},
-                lambda target: os.replace(upload.path, target),
-            )
-        finally:
-            uploads.discard(upload.id)
+        upload = take_upload(request.upload_id, "diagnose")
+        job = queue(
+            jobs.DIAGNOSE,
+            upload.filename,
+            {"deployment": deployment},
+            lambda target: os.replace(upload.path, target),
+        )
+        uploads.discard(upload.id)
         return job_view(job, full=False)
 
     @app.post(f"{API}/diagnose", dependencies=[require_token])
     def diagnose_incidents(request: IncidentsRequest) -> dict[str, Any]:
-        """Diagnose one incident or a short list sent as JSON; answers rows and chart data."""
+        """Diagnose one incident or a short list sent as JSON: rows and chart data, or
+        ``ok`` false and the field at fault."""
         from systemhealer.deployments import deployment_stats
         from systemhealer.diagnoser import diagnoses_frame
-        from systemhealer.incidents import IncidentError, parse_incidents
+        from systemhealer.incidents import parse_incidents
 
-        if (request.incident is None) == (request.incidents is None):
-            raise IncidentError("send either 'incident' (one object) or 'incidents' (a list)")
-        if request.incident is not None:
-            rows = parse_incidents(request.incident, 1, field="incident", single=True)
-        else:
-            rows = parse_incidents(request.incidents, settings.serving.max_batch_incidents)
-        diagnoser, version = champion.get()
-        stats = deployment_stats(settings, diagnoser, request.deployment or None)
+        try:
+            if (request.incident is None) == (request.incidents is None):
+                raise DataValidationError(
+                    "send either 'incident' (one object) or 'incidents' (a list)"
+                )
+            if request.incident is not None:
+                rows = parse_incidents(request.incident, 1, field="incident", single=True)
+            else:
+                rows = parse_incidents(request.incidents, settings.serving.max_batch_incidents)
+            diagnoser, version = champion.get()
+            stats = deployment_stats(settings, diagnoser, request.deployment or None)
+        except SystemHealerError as exc:
+            return {"ok": False, **_error_payload(exc)}
         features = pd.DataFrame(rows.features, columns=list(KPI_FEATURES))
         diagnoses = diagnoses_frame(diagnoser.probabilities(features, stats))
         diagnoses.insert(0, "sample_id", pd.Series(rows.sample_ids, dtype=object))
@@ -424,6 +456,7 @@ def create_app(
             for record in diagnoses[list(PREDICTION_COLUMNS)].to_dict(orient="records")
         ]
         return {
+            "ok": True,
             **summary,
             "model_version": version,
             "deployment": request.deployment or "training",
@@ -499,10 +532,13 @@ def create_app(
         versions = tracking.list_versions(settings)
         current = tracking.champion(settings)
         champion_version = current.version if current else None
+        earlier = [v for v in tracking.champion_history(settings) if v != champion_version]
         return {
             "model_name": settings.registry.model_name,
             "champion_alias": settings.registry.champion_alias,
             "champion_version": champion_version,
+            # What a rollback would restore (None: nothing to roll back to).
+            "rollback_to": earlier[-1] if champion_version and earlier else None,
             "versions": [
                 reports.version_summary(settings, v, champion_version, fingerprints)
                 for v in versions
@@ -551,9 +587,12 @@ def create_app(
         return {"champion": version}
 
     @app.post(f"{API}/models/rollback", dependencies=[require_token])
-    def rollback() -> dict[str, Any]:
-        before, after = tracking.rollback_champion(settings)
-        return {"from": before, "champion": after}
+    def rollback() -> JSONResponse:
+        try:
+            before, after = tracking.rollback_champion(settings)
+        except ModelNotFoundError as exc:  # nothing to roll back to: the request conflicts
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return JSONResponse({"from": before, "champion": after})
 
     # --- deployments (calibration) ---
 
@@ -571,16 +610,22 @@ def create_app(
         from systemhealer.deployments import check_name, register_deployment
         from systemhealer.validation import require_valid, validate_file
 
-        check_name(name)
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        shown = Path(file.filename or "upload").name
         with tempfile.TemporaryDirectory(dir=settings.jobs_dir) as tmp:
             path = Path(tmp) / jobs.input_name(file.filename)
             _copy_upload(file, path)
-            report, frame = validate_file(path, settings.data, require_label=False)
-            report.source = Path(file.filename or "upload").name
-            require_valid(report)
-            info = register_deployment(settings, name, frame, source=report.source)
-        return info.to_dict()
+            try:
+                check_name(name)
+                report, frame = validate_file(path, settings.data, require_label=False)
+                report.source = shown
+                for issue in report.issues:
+                    issue.message = issue.message.replace(str(path), shown)
+                require_valid(report)
+                info = register_deployment(settings, name, frame, source=shown)
+            except SystemHealerError as exc:
+                return {"ok": False, **_error_payload(exc)}
+        return {"ok": True, "deployment": info.to_dict()}
 
     return app
 

@@ -36,7 +36,7 @@
   SH.num = (v, digits) => (v === null || v === undefined || Number.isNaN(Number(v)) ? "—" : Number(v).toFixed(digits === undefined ? 4 : digits));
   SH.pct = (v) => (v === null || v === undefined ? "—" : `${(100 * v).toFixed(1)}%`);
   SH.int = (v) => (v === null || v === undefined ? "—" : Number(v).toLocaleString(SH.lang === "zh" ? "zh-CN" : "en"));
-  SH.when = (iso) => (iso ? new Date(iso).toLocaleString(SH.lang === "zh" ? "zh-CN" : "en") : "—");
+  SH.when = (iso) => (iso ? new Date(iso).toLocaleString(SH.lang === "zh" ? "zh-CN" : "en", { dateStyle: "short", timeStyle: "short" }) : "—");
   SH.bytes = (n) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MB` : `${Math.max(1, Math.round(n / 1024))} KB`);
   SH.esc = (s) => String(s === null || s === undefined ? "" : s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
@@ -346,12 +346,22 @@
         figure(SH.t("diagnose.mean_confidence"), SH.pct(summary.mean_confidence)),
         figure(SH.t("diagnose.low_confidence"), SH.int(summary.low_confidence), SH.t("diagnose.low_confidence_hint")),
         figure(SH.t("diagnose.most_common"), summary.rows ? names[top] : "—"))));
-    const grid = h("div.grid.three");
+    const grid = h("div.grid.two");
     const dist = SH.chartBox("diagnose.class_distribution", "chart-distribution");
     const hist = SH.chartBox("diagnose.confidence_histogram", "chart-confidence");
     const emb = SH.chartBox("diagnose.embedding", "chart-diag-embedding");
-    grid.append(dist, hist, emb);
+    const low = h("div.panel", h("h3", SH.t("diagnose.by_class")), h("div", { id: "class-confidence" }));
+    grid.append(dist, hist, emb, low);
     container.appendChild(grid);
+    // Per predicted class: how many, and how sure (from the chart data of the whole file).
+    const byClass = summary.class_confidence || {};
+    low.querySelector("#class-confidence").appendChild(h("table.data",
+      h("thead", h("tr", h("th", SH.t("report.class")), h("th.num", SH.t("chart.incidents")), h("th.num", SH.t("diagnose.share")), h("th.num", SH.t("diagnose.mean_confidence")))),
+      h("tbody", SH.config.fault_classes.map((c) => h("tr",
+        h("td", h("span.swatch", { style: `background:${Charts.PALETTE[c % Charts.PALETTE.length]}` }), names[c]),
+        h("td.num", SH.int(counts[String(c)] || 0)),
+        h("td.num", summary.rows ? SH.pct((counts[String(c)] || 0) / summary.rows) : "—"),
+        h("td.num", byClass[String(c)] === undefined || byClass[String(c)] === null ? "—" : SH.pct(byClass[String(c)])))))));
     Charts.bar(dist.querySelector(".chart"), { labels: SH.config.fault_classes.map((c) => names[c]), values: SH.config.fault_classes.map((c) => counts[String(c)] || 0), xTitle: SH.t("chart.fault_class"), yTitle: SH.t("chart.incidents") });
     const ch = summary.confidence_histogram;
     Charts.histogram(hist.querySelector(".chart"), { edges: ch.edges, counts: ch.counts, xTitle: SH.t("chart.confidence"), yTitle: SH.t("chart.incidents") });

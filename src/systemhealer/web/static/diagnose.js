@@ -55,7 +55,9 @@
     const status = document.getElementById("diagnose-status");
     SH.alert(status, "info", SH.t("diagnose.working"));
     try {
-      lastInline = await SH.api("POST", "/diagnose", { ...payload, deployment: deployment() });
+      const answer = await SH.api("POST", "/diagnose", { ...payload, deployment: deployment() });
+      if (!answer.ok) { SH.alert(status, "error", answer.error); return; }
+      lastInline = answer;
       SH.alert(status, "ok", SH.t("diagnose.done_inline", { n: lastInline.rows }));
       if (stopPolling) stopPolling();
       currentJob = null;
@@ -100,10 +102,14 @@
     SH.alert(status, "info", SH.t("upload.sending", { file: file.name }));
     const form = new FormData();
     form.append("file", file, file.name);
-    const dep = deployment();
-    if (dep) form.append("deployment", dep);
+    form.append("purpose", "diagnose");
     try {
-      const job = await SH.api("POST", "/diagnosis-jobs", form);
+      const upload = await SH.api("POST", "/uploads", form);
+      if (!upload.ok) {
+        SH.alert(status, "error", `${SH.t("upload.refused", { file: upload.filename })}\n${upload.error}`);
+        return;
+      }
+      const job = await SH.api("POST", "/diagnosis-jobs", { upload_id: upload.upload_id, deployment: deployment() });
       SH.alert(status, "info", null);
       showJob(job.id);
       jobsTable && jobsTable.reload();
@@ -185,7 +191,9 @@
     form.append("file", file, file.name);
     SH.alert(status, "info", SH.t("upload.validating", { file: file.name }));
     try {
-      const info = await SH.api("POST", "/deployments", form);
+      const answer = await SH.api("POST", "/deployments", form);
+      if (!answer.ok) { SH.alert(status, "error", answer.error); return; }
+      const info = answer.deployment;
       SH.alert(status, "ok", SH.t("deploy.done", { name: info.name, rows: SH.int(info.rows) }));
       await loadDeployments(info.name);
     } catch (e) {

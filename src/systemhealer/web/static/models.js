@@ -11,7 +11,7 @@
     const counts = (fp && fp.class_counts) || {};
     const total = Object.values(counts).reduce((a, b) => a + b, 0);
     if (!total) return "—";
-    const bar = h("span.probs", { title: SH.config.fault_classes.map((c) => `${SH.cls(c)}: ${counts[String(c)] || 0}`).join("\n") });
+    const bar = h("span.probs.mix", { title: SH.config.fault_classes.map((c) => `${SH.cls(c)}: ${counts[String(c)] || 0}`).join("\n") });
     SH.config.fault_classes.forEach((c) => bar.appendChild(h("span", { style: `width:${(100 * (counts[String(c)] || 0)) / total}%;background:${Charts.PALETTE[c % Charts.PALETTE.length]}` })));
     return bar;
   }
@@ -29,7 +29,7 @@
   async function rollback() {
     const champion = data && data.versions.find((v) => v.champion);
     if (!champion) { SH.alert(document.getElementById("models-status"), "error", SH.t("models.no_champion")); return; }
-    const ok = await SH.confirm(SH.t("models.rollback_title"), SH.t("models.rollback_text", { version: champion.version }), SH.t("models.rollback"));
+    const ok = await SH.confirm(SH.t("models.rollback_title"), SH.t("models.rollback_text", { version: champion.version, to: data.rollback_to }), SH.t("models.rollback"));
     if (!ok) return;
     try {
       const answer = await SH.api("POST", "/models/rollback");
@@ -65,6 +65,9 @@
       h("a", { href: SH.config.mlflow_ui_url, target: "_blank", rel: "noopener" }, SH.t("home.mlflow"), " ↗"),
       h("a", { href: SH.config.prefect_ui_url, target: "_blank", rel: "noopener" }, SH.t("home.prefect"), " ↗"));
     if (!data) return;
+    const rollbackButton = document.getElementById("rollback");
+    rollbackButton.disabled = !data.rollback_to;
+    rollbackButton.title = data.rollback_to ? SH.t("models.rollback_hint", { to: data.rollback_to }) : SH.t("models.no_rollback");
     if (!data.versions.length) { container.textContent = ""; container.appendChild(h("div.empty-state", SH.t("models.none"))); return; }
     const rows = data.versions.map((v) => ({ ...v, version_n: Number(v.version), f1: v.metrics.eval_macro_f1, acc: v.metrics.eval_accuracy, shift: v.metrics.shift_macro_f1, rows: v.fingerprint ? v.fingerprint.rows : null }));
     const hasShift = rows.some((r) => r.shift !== undefined);
@@ -81,7 +84,7 @@
       { key: "actions", label: "models.actions", sortable: false, render: (v) => h("span.row",
         v.champion ? null : h("button", { onclick: (e) => { e.stopPropagation(); promote(v); }, "data-testid": `promote-${v.version}` }, SH.t("models.promote")),
         h("button", { onclick: (e) => { e.stopPropagation(); showDetail(v.version); } }, SH.t("models.details")),
-        h("a.button", { href: `/ui/api/models/${v.version}/archive`, download: "", onclick: (e) => e.stopPropagation(), title: SH.t("report.download_model", { version: v.version }) }, "⤓ ", SH.t("models.model")),
+        h("a.button", { href: `/ui/api/models/${v.version}/archive`, download: "", onclick: (e) => e.stopPropagation(), title: SH.t("report.download_model", { version: v.version }), "aria-label": SH.t("report.download_model", { version: v.version }) }, "⤓ .zip"),
         v.mlflow_run_url ? h("a", { href: v.mlflow_run_url, target: "_blank", rel: "noopener", onclick: (e) => e.stopPropagation() }, "MLflow ↗") : null) },
     ], SH.localSource(rows), { pageSize: 25 });
   }

@@ -33,9 +33,10 @@
     document.getElementById("start-training").disabled = true;
     const form = new FormData();
     form.append("file", file, file.name);
+    form.append("purpose", "train");
     try {
       upload = await SH.api("POST", "/uploads", form);
-      SH.alert(status, upload.ok ? "ok" : "error", upload.ok ? SH.t("upload.valid", { file: upload.filename }) : SH.t("upload.invalid", { file: upload.filename }));
+      SH.alert(status, upload.ok ? "ok" : "error", upload.ok ? SH.t("upload.valid", { file: upload.filename }) : `${SH.t("upload.invalid", { file: upload.filename })}\n${upload.error || ""}`);
       renderUpload();
     } catch (e) {
       upload = null;
@@ -52,7 +53,7 @@
       const job = await SH.api("POST", "/training-jobs", { upload_id: upload.upload_id });
       SH.toast(SH.t("train.queued_toast", { file: job.source }));
       upload = null;
-      document.getElementById("start-hint").textContent = "";
+      document.getElementById("start-hint").textContent = SH.t("train.started");
       showJob(job.id);
       jobsTable && jobsTable.reload();
     } catch (e) {

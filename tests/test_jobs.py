@@ -1,0 +1,162 @@
+"""The job queue of the web page: persisted state, order, positions, restarts, cancelling."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from systemhealer import jobs
+from systemhealer.errors import DataValidationError
+
+
+def _new(store: jobs.JobStore, kind: str = jobs.DIAGNOSE, name: str = "incidents.csv") -> jobs.Job:
+    return store.create(kind, name, {}, lambda target: target.write_text("sample_id\n1\n"))
+
+
+def _wait(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_jobs_persist_and_queue_in_order(tmp_path: Path) -> None:
+    store = jobs.JobStore(tmp_path)
+    first, second = _new(store), _new(store)
+    assert (store.folder(first.id) / "input.csv").read_text().startswith("sample_id")
+    # A new store over the same folder (a restarted service) sees the same queue.
+    again = jobs.JobStore(tmp_path)
+    assert [j.id for j in again.queued(jobs.DIAGNOSE)] == [first.id, second.id]
+    assert again.queue_position(again.get(second.id)) == 2
+    assert again.list()[0].id == second.id  # newest first
+    assert again.queued(jobs.TRAIN) == []
+
+
+def test_ids_and_file_names_never_become_paths(tmp_path: Path) -> None:
+    store = jobs.JobStore(tmp_path)
+    job = _new(store)
+    for bad in ("../etc", "..", "x/../../y", "", job.id + "/.."):
+        with pytest.raises(jobs.JobNotFoundError):
+            store.folder(bad)
+    with pytest.raises(jobs.JobNotFoundError):
+        store.path(job.id, "../../job.json")
+    with pytest.raises(jobs.JobNotFoundError):
+        store.path(job.id, "secret.txt")
+    assert jobs.input_name("../../evil.parquet") == "input.parquet"
+    assert jobs.input_name("C:\\x\\data.csv.gz") == "input.csv.gz"
+    assert jobs.input_name(None) == "input.csv"
+
+
+def test_runner_runs_one_at_a_time_in_order_and_records_outcomes(tmp_path: Path) -> None:
+    store = jobs.JobStore(tmp_path)
+    ran: list[str] = []
+    running = threading.Semaphore(1)
+    overlap: list[bool] = []
+
+    def executor(job: jobs.Job) -> None:
+        if not running.acquire(blocking=False):
+            overlap.append(True)
+        try:
+            time.sleep(0.05)
+            ran.append(job.id)
+            if job.source == "bad.csv":
+                raise DataValidationError("bad.csv: missing columns: feature0")
+            if job.source == "bug.csv":
+                raise RuntimeError("boom")
+        finally:
+            running.release()
+
+    created = [_new(store, name=n) for n in ("a.csv", "bad.csv", "bug.csv", "d.csv")]
+    runner = jobs.JobRunner(store, {jobs.DIAGNOSE: executor}, {jobs.DIAGNOSE: 1}, poll_seconds=0.05)
+    runner.start()
+    try:
+        _wait(lambda: all(store.get(j.id).status in jobs.FINISHED for j in created))
+    finally:
+        runner.stop()
+    assert ran == [j.id for j in created]
+    assert not overlap
+    statuses = {store.get(j.id).source: store.get(j.id) for j in created}
+    assert statuses["a.csv"].status == jobs.SUCCEEDED
+    assert statuses["bad.csv"].status == jobs.FAILED
+    assert statuses["bad.csv"].error == "bad.csv: missing columns: feature0"
+    assert statuses["bug.csv"].error == "internal error: RuntimeError: boom"
+    assert statuses["d.csv"].status == jobs.SUCCEEDED
+    assert all(s.attempts == 1 and s.started_at and s.finished_at for s in statuses.values())
+
+
+def test_restart_queues_interrupted_jobs_again_then_gives_up(tmp_path: Path) -> None:
+    store = jobs.JobStore(tmp_path)
+    once = store.update(_new(store).id, status=jobs.RUNNING, attempts=1)
+    twice = store.update(_new(store).id, status=jobs.RUNNING, attempts=jobs.MAX_ATTEMPTS)
+    jobs.JobRunner(store, {}, {}).recover()
+    assert store.get(once.id).status == jobs.QUEUED
+    assert store.get(twice.id).status == jobs.FAILED
+    assert "interrupted" in (store.get(twice.id).error or "")
+
+
+def test_cancel_a_queued_and_a_running_job(tmp_path: Path) -> None:
+    store = jobs.JobStore(tmp_path)
+    started = threading.Event()
+
+    def executor(job: jobs.Job) -> None:
+        started.set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if store.cancel_requested(job.id):
+                raise jobs.JobCancelledError("cancelled")
+            time.sleep(0.02)
+
+    running, waiting = _new(store), _new(store)
+    runner = jobs.JobRunner(store, {jobs.DIAGNOSE: executor}, {jobs.DIAGNOSE: 1}, poll_seconds=0.05)
+    runner.start()
+    try:
+        assert started.wait(10)
+        assert store.request_cancel(waiting.id).status == jobs.CANCELLED
+        store.request_cancel(running.id)
+        _wait(lambda: store.get(running.id).status == jobs.CANCELLED)
+    finally:
+        runner.stop()
+    assert store.get(waiting.id).started_at is None  # it never ran
+
+
+def test_only_one_runner_per_state_folder(tmp_path: Path) -> None:
+    store = jobs.JobStore(tmp_path)
+    first = jobs.JobRunner(store, {}, {jobs.DIAGNOSE: 1}, poll_seconds=0.05)
+    second = jobs.JobRunner(store, {}, {jobs.DIAGNOSE: 1}, poll_seconds=0.05)
+    first.start()
+    try:
+        _wait(lambda: first.active)
+        second.start()
+        time.sleep(0.3)
+        assert not second.active  # stands by while the first runs the queue
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_prune_keeps_the_newest_finished_jobs(tmp_path: Path) -> None:
+    store = jobs.JobStore(tmp_path)
+    made = [_new(store) for _ in range(4)]
+    for job in made[:3]:
+        store.update(job.id, status=jobs.SUCCEEDED)
+    removed = store.prune(keep=1)
+    assert sorted(removed) == sorted(j.id for j in made[:2])
+    assert {j.id for j in store.list()} == {made[2].id, made[3].id}
+
+
+def test_uploads_are_kept_by_id(tmp_path: Path) -> None:
+    uploads = jobs.UploadStore(tmp_path / "uploads")
+    upload = uploads.new("../../train.csv")
+    assert upload.path.parent.parent == tmp_path / "uploads"
+    upload.path.write_text("x")
+    uploads.save_meta(upload, {"ok": True})
+    assert uploads.get(upload.id).meta["ok"] is True
+    assert uploads.get(upload.id).filename == "train.csv"
+    uploads.discard(upload.id)
+    with pytest.raises(jobs.JobNotFoundError):
+        uploads.get(upload.id)

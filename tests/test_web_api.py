@@ -1,0 +1,261 @@
+"""The web platform's JSON API and pages, in process (the browser tests drive a real server)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from systemhealer.config import Settings, load_settings
+from systemhealer.web import create_app
+from systemhealer.web.guard import BodyLimit
+
+STATIC = Path(__file__).resolve().parents[1] / "src" / "systemhealer" / "web" / "static"
+pytestmark = pytest.mark.integration
+
+
+def _with(settings: Settings, **serving: Any) -> Settings:
+    return settings.model_copy(update={"serving": settings.serving.model_copy(update=serving)})
+
+
+@pytest.fixture(scope="module")
+def client(trained_state: Any) -> Iterator[TestClient]:
+    """The app over the session's state (one champion), with its job queue running."""
+    with TestClient(create_app(load_settings())) as test_client:
+        yield test_client
+
+
+def _csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode()
+
+
+def _wait_job(client: TestClient, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/ui/api/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_pages_load_only_their_own_files(client: TestClient) -> None:
+    for path in ("/", "/ui/train", "/ui/diagnose", "/ui/models"):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        for ref in re.findall(r'(?:src|href)="([^"]+)"', page.text):
+            assert ref.startswith("/"), f"{path} refers to {ref}"
+            if ref.startswith("/ui/static/"):
+                assert client.get(ref).status_code == 200, ref
+    # No script, style or font of the page is fetched from another host.
+    for asset in STATIC.rglob("*"):
+        if asset.suffix in (".js", ".css", ".html"):
+            text = asset.read_text()
+            urls = re.findall(r"https?://[^\s\"'`)]+", text)
+            assert set(urls) <= {"http://www.w3.org/2000/svg"}, (asset.name, urls)
+
+
+def test_training_upload_is_validated_at_once(
+    client: TestClient, small_training_frame: pd.DataFrame
+) -> None:
+    bad = small_training_frame.drop(columns=["label", "feature7"])
+    answer = client.post(
+        "/ui/api/uploads",
+        files={"file": ("bad.csv", _csv(bad), "text/csv")},
+        data={"purpose": "train"},
+    ).json()
+    assert answer["ok"] is False and "upload_id" not in answer
+    assert "missing columns" in answer["error"] and "feature7" in answer["error"]
+    assert answer["validation"]["issues"][0]["blocking"] is True
+
+    good = client.post(
+        "/ui/api/uploads",
+        files={"file": ("small.csv", _csv(small_training_frame), "text/csv")},
+        data={"purpose": "train"},
+    ).json()
+    assert good["ok"] is True, good
+    assert sum(good["class_counts"].values()) == len(small_training_frame)
+    assert good["validation"]["rows"] == len(small_training_frame)
+    # A file checked for diagnosis cannot be trained on, and unknown ids are refused.
+    assert client.post("/ui/api/training-jobs", json={"upload_id": "../x"}).status_code == 404
+
+
+def test_diagnose_one_incident_as_json(client: TestClient, unlabelled_frame: pd.DataFrame) -> None:
+    row = unlabelled_frame.iloc[0]
+    incident = {k: (None if pd.isna(v) else float(v)) for k, v in row.items() if k != "sample_id"}
+    incident["sample_id"] = "inc-1"
+    answer = client.post("/ui/api/diagnose", json={"incident": incident}).json()
+    assert answer["ok"] is True
+    (diagnosis,) = answer["diagnoses"]
+    assert diagnosis["sample_id"] == "inc-1"
+    probabilities = [diagnosis[f"proba_{c}"] for c in range(6)]
+    assert abs(sum(probabilities) - 1) < 1e-5
+    assert diagnosis["predicted_label"] == int(np.argmax(probabilities))
+    assert answer["class_counts"][str(diagnosis["predicted_label"])] == 1
+
+    incident["feature3"] = "high"
+    refused = client.post("/ui/api/diagnose", json={"incident": incident}).json()
+    assert refused["ok"] is False
+    assert "incident.feature3" in refused["error"]
+
+
+def test_diagnosis_job_table_and_downloads(
+    client: TestClient, unlabelled_frame: pd.DataFrame, trained_state: Any
+) -> None:
+    from systemhealer import tracking
+    from systemhealer.scoring import diagnose_frame
+
+    incidents = unlabelled_frame.iloc[:300]
+    upload = client.post(
+        "/ui/api/uploads",
+        files={"file": ("incidents.csv", _csv(incidents), "text/csv")},
+        data={"purpose": "diagnose"},
+    ).json()
+    assert upload["ok"] is True
+    job = client.post("/ui/api/diagnosis-jobs", json={"upload_id": upload["upload_id"]})
+    assert job.status_code == 202
+    done = _wait_job(client, job.json()["id"])
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    assert result["rows"] == 300 and sum(result["class_counts"].values()) == 300
+    assert sum(result["confidence_histogram"]["counts"]) == 300
+    assert len(result["embedding"]["x"]) == 300
+
+    page = client.get(
+        f"/ui/api/jobs/{done['id']}/rows",
+        params={"offset": 0, "limit": 10, "sort": "confidence", "descending": True},
+    ).json()
+    assert page["total"] == 300 and len(page["rows"]) == 10
+    confidences = [r["confidence"] for r in page["rows"]]
+    assert confidences == sorted(confidences, reverse=True)
+
+    downloaded = pd.read_csv(
+        io.BytesIO(client.get(f"/ui/api/jobs/{done['id']}/download/diagnoses.csv").content)
+    )
+    diagnoser, _ = tracking.load_diagnoser(load_settings())
+    expected = diagnose_frame(diagnoser, incidents)
+    assert list(downloaded.columns) == list(expected.columns)
+    assert (downloaded["sample_id"].to_numpy() == expected["sample_id"].to_numpy()).all()
+    assert (
+        downloaded["predicted_label"].to_numpy() == expected["predicted_label"].to_numpy()
+    ).all()
+    assert np.allclose(downloaded["confidence"], expected["confidence"], atol=1e-6)
+    as_json = json.loads(client.get(f"/ui/api/jobs/{done['id']}/download/diagnoses.json").content)
+    assert len(as_json) == 300 and len(as_json[0]["probabilities"]) == 6
+
+
+def test_a_bad_file_to_diagnose_is_refused_with_a_message(client: TestClient) -> None:
+    answer = client.post(
+        "/ui/api/uploads",
+        files={"file": ("kpis.csv", b"a;b;c\n1;2;3\n", "text/csv")},
+        data={"purpose": "diagnose"},
+    ).json()
+    assert answer["ok"] is False
+    assert answer["error"].startswith("kpis.csv:") and "semicolon" in answer["error"]
+    binary = client.post(
+        "/ui/api/uploads",
+        files={"file": ("kpis.csv", b"\x00\x01\x02" * 100, "text/csv")},
+        data={"purpose": "diagnose"},
+    ).json()
+    assert binary["ok"] is False and "binary" in binary["error"]
+
+
+def test_downloads_go_by_id_never_by_path(client: TestClient) -> None:
+    for url in (
+        "/ui/api/jobs/..%2F..%2Fmlflow.db/download/diagnoses.csv",
+        "/ui/api/jobs/20260101T000000000000-abcdef/download/diagnoses.csv",
+        "/ui/api/models/1%2F..%2F..%2Fx/archive",
+        "/ui/api/models/..%2F1/report",
+    ):
+        assert client.get(url).status_code == 404, url
+    jobs = client.get("/ui/api/jobs").json()
+    if jobs:
+        job_id = jobs[0]["id"]
+        for name in ("job.json", "input.csv", "..%2Fjob.json", "worker.log"):
+            assert client.get(f"/ui/api/jobs/{job_id}/download/{name}").status_code == 404
+
+
+def test_models_list_archive_and_report(client: TestClient, trained_state: Any) -> None:
+    listing = client.get("/ui/api/models").json()
+    version = str(trained_state.summary["model_version"])
+    row = next(v for v in listing["versions"] if v["version"] == version)
+    assert row["fingerprint"]["rows"] > 0 and len(row["fingerprint"]["sha256"]) == 64
+    assert "eval_macro_f1" in row["metrics"]
+    assert row["mlflow_run_url"].endswith(f"/runs/{row['run_id']}")
+    archive = client.get(f"/ui/api/models/{version}/archive")
+    assert archive.status_code == 200
+    names = zipfile.ZipFile(io.BytesIO(archive.content)).namelist()
+    assert "MLmodel" in names and any(n.startswith("artifacts/diagnoser/") for n in names)
+    report = client.get(f"/ui/api/models/{version}/report").json()
+    assert len(report["evaluation"]["confusion"]) == 6
+    assert report["history"] and "val_macro_f1" in report["history"][0]
+    assert client.get("/ui/api/models/999/report").status_code == 404
+    assert client.post("/ui/api/models/999/promote").status_code == 404
+
+
+def test_mutating_calls_need_the_token_when_one_is_set(trained_state: Any) -> None:
+    settings = _with(load_settings(), api_token="s3cret")
+    with TestClient(create_app(settings, run_jobs=False)) as client:
+        assert client.get("/ui/api/config").json()["token_required"] is True
+        for path in ("/ui/api/models/rollback", "/ui/api/models/1/promote"):
+            refused = client.post(path)
+            assert refused.status_code == 401 and "token" in refused.json()["error"]
+            wrong = client.post(path, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+        upload = client.post("/ui/api/uploads", files={"file": ("x.csv", b"a\n1\n", "text/csv")})
+        assert upload.status_code == 401
+        answer = client.post(
+            "/ui/api/diagnose",
+            json={"incident": {"feature0": 1.0}},
+            headers={"Authorization": "Bearer s3cret"},
+        )
+        assert answer.status_code == 200 and answer.json()["ok"] is True
+        assert client.get("/ui/api/models").status_code == 200  # reading needs no token
+
+
+def test_uploads_over_the_limit_get_a_clear_413(trained_state: Any) -> None:
+    settings = _with(load_settings(), max_upload_mb=0.01)
+    with TestClient(create_app(settings, run_jobs=False)) as client:
+        refused = client.post(
+            "/ui/api/uploads", files={"file": ("big.csv", b"x" * 50_000, "text/csv")}
+        )
+        assert refused.status_code == 413
+        message = refused.json()["error"]
+        assert "limit" in message and "serving.max_upload_mb" in message
+
+
+def test_body_limit_counts_bodies_without_a_length() -> None:
+    sent: list[dict[str, Any]] = []
+    reached = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal reached
+        while (await receive()).get("more_body"):
+            pass
+        reached = True
+
+    chunks = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 3
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    guard = BodyLimit(app, prefix="/ui/api", max_bytes=1000, setting="serving.max_upload_mb")
+    scope = {"type": "http", "method": "POST", "path": "/ui/api/uploads", "headers": []}
+    asyncio.run(guard(scope, receive, send))
+    assert not reached
+    assert sent[0]["status"] == 413
