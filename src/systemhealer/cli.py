@@ -193,6 +193,29 @@ def predict(
 
 
 @app.command()
+def crossval(
+    path: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file of incidents.")],
+    folds: Annotated[int, typer.Option(min=2, max=20, help="Number of folds.")] = 5,
+    config: ConfigOption = None,
+) -> None:
+    """Duplicate-aware cross-validation of the configured model (nothing is registered)."""
+    from systemhealer import crossval as cv
+    from systemhealer import validation
+
+    settings = _settings(config)
+    report, frame = validation.validate_file(path, settings.data, require_label=True)
+    validation.require_valid(report)
+
+    def show(fold: cv.FoldScores) -> None:
+        typer.echo(
+            f"fold {fold.fold}: eval macro-F1 {fold.eval_macro_f1:.4f}, shift {fold.shift_macro_f1:.4f} "
+            f"(uncalibrated {fold.shift_uncalibrated_macro_f1:.4f}), {fold.train_seconds:.0f} s"
+        )
+
+    typer.echo(cv.summary_table(cv.cross_validate(frame, settings, folds, on_fold=show)))
+
+
+@app.command()
 def sweep(
     path: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file of incidents.")],
     candidates: Annotated[

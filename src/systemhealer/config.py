@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -58,8 +58,9 @@ class TrainingSettings(_Section):
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(256, ge=8)
-    max_epochs: int = Field(60, ge=1)
-    patience: int = Field(15, ge=1)
+    max_epochs: int = Field(40, ge=1)
+    patience: int = Field(15, ge=1, description="epochs without a better validation macro-F1")
+    lr_schedule: Literal["onecycle", "constant"] = "onecycle"
     ensemble_size: int = Field(3, ge=1, description="MLPs from consecutive seeds, averaged")
     class_weighted: bool = True
     label_smoothing: float = Field(0.05, ge=0, lt=1)

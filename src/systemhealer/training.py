@@ -139,6 +139,21 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def learning_rate_schedule(
+    optimiser: torch.optim.Optimizer, settings: TrainingSettings, rows: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """One-cycle schedule over ``max_epochs`` (warm up, then anneal), or a constant rate."""
+    if settings.lr_schedule == "constant":
+        return None
+    full, rest = divmod(rows, settings.batch_size)
+    steps_per_epoch = full + (1 if rest >= 2 else 0)  # batches of one row are skipped
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimiser,
+        max_lr=settings.learning_rate,
+        total_steps=max(1, settings.max_epochs * steps_per_epoch),
+    )
+
+
 def train_network(
     x_train: np.ndarray | InputSampler,
     y_train: np.ndarray,
@@ -167,6 +182,7 @@ def train_network(
     optimiser = torch.optim.AdamW(
         network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
+    scheduler = learning_rate_schedule(optimiser, settings, len(y_train))
     yt = torch.from_numpy(y_train.astype(np.int64))
     xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val.astype(np.int64))
     result = TrainingResult(network=network)
@@ -187,6 +203,8 @@ def train_network(
             loss = loss_fn(network(xt[batch]), yt[batch])
             loss.backward()
             optimiser.step()
+            if scheduler is not None:
+                scheduler.step()
             total += loss.item() * len(batch)
         network.eval()
         with torch.inference_mode():
