@@ -18,6 +18,7 @@ broadcast. Dropout masks differ (each rank draws its own), so runs are alike, no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -41,11 +42,13 @@ from systemhealer.config import FAULT_CLASSES, TrainingSettings
 from systemhealer.errors import SystemHealerError, TrainingError
 from systemhealer.evaluation import macro_f1
 from systemhealer.model import FaultMLP
+from systemhealer.streaming import check_source_file
 from systemhealer.training import (
     EpochCallback,
     InputSampler,
     TrainingResult,
     class_weights,
+    learning_rate_schedule,
     seed_everything,
 )
 
@@ -119,6 +122,7 @@ def train_network_ddp(
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
+    scheduler = learning_rate_schedule(optimiser, settings, len(labels))
     result = TrainingResult(network=network)
     best_score, best_state, stale = -1.0, copy.deepcopy(network.state_dict()), 0
     if rank == 0:
@@ -149,6 +153,8 @@ def train_network_ddp(
             shard_sum = shard_loss(model(xt[shard]), labels[shard])
             (shard_sum / denominator * world).backward()
             optimiser.step()
+            if scheduler is not None:
+                scheduler.step()
             total += float(shard_sum.detach() / denominator) * len(batch)
         dist.all_reduce(total)
         status = torch.zeros(4, dtype=torch.float64)  # val_loss, val_f1, stop, diverged
@@ -202,7 +208,9 @@ def follow() -> int:
     """What ranks other than 0 do: train whenever rank 0 trains, until it says stop."""
     trainings = 0
     while _broadcast_object() == _TRAIN:
-        train_network_ddp(None, None, None, None, None, show_progress=False)
+        # A diverged training raises on every rank; rank 0 reports it and says stop.
+        with contextlib.suppress(TrainingError):
+            train_network_ddp(None, None, None, None, None, show_progress=False)
         trainings += 1
     return trainings
 
@@ -222,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dist.init_process_group("gloo", timeout=PROCESS_GROUP_TIMEOUT)
     rank = dist.get_rank()
+    failure: BaseException | None = None
     try:
         if rank == 0:
             from systemhealer.config import load_settings
@@ -234,20 +243,25 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 outcome = training_flow(args.path, args.config, show_progress=not args.no_progress)
             finally:
-                _broadcast_object(_STOP)
+                _broadcast_object(_STOP)  # the others leave their loop, success or not
             _write(args.summary_file, {"outcome": outcome, "world_size": dist.get_world_size()})
         else:
             follow()
-    except SystemHealerError as exc:
-        _write(args.summary_file, {"error": str(exc), "exit_code": exc.exit_code})
-        print(f"error: {exc}", file=sys.stderr)
-        # No barrier: the others may be waiting in a broadcast; torchrun stops them.
-        return exc.exit_code
+    except BaseException as exc:
+        failure = exc
+        if rank == 0:
+            code = exc.exit_code if isinstance(exc, SystemHealerError) else 70
+            _write(args.summary_file, {"error": str(exc), "exit_code": code})
     # Leave together and tear the group down explicitly: without this, gloo aborts about one
     # run in ten at exit ("terminate called without an active exception").
     gc.collect()
-    dist.barrier()
+    dist.monitored_barrier(timeout=timedelta(seconds=120))
     dist.destroy_process_group()
+    if isinstance(failure, SystemHealerError):
+        print(f"error: {failure}", file=sys.stderr)
+        return failure.exit_code
+    if failure is not None:
+        raise failure
     return 0
 
 
@@ -255,6 +269,7 @@ def launch(
     path: Path | str, config: Path | str | None, nproc: int, show_progress: bool = True
 ) -> dict[str, Any]:
     """Run the training flow on ``nproc`` local processes through torchrun; rank 0's outcome."""
+    check_source_file(Path(path))  # before starting processes that would all wait for it
     with tempfile.TemporaryDirectory(prefix="systemhealer-ddp-") as tmp:
         summary = Path(tmp) / "summary.json"
         command = [
