@@ -58,7 +58,9 @@ def train_small_champion(home: Path) -> None:
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", "systemhealer.cli", "train", str(sample), "--no-progress"]
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"training the benchmark's champion failed:\n{done.stderr[-3000:]}")
 
 
 @contextmanager
@@ -228,7 +230,8 @@ def table(figures: dict[str, Any]) -> str:
         lines.append(
             f"| HTTP /predict_batch, 1,000 incidents/request, {concurrency} in flight | "
             f"{batch['rows_per_second']:,.0f} rows/s = {ratio:.0%} of pyfunc "
-            f"(p50 {batch['p50_ms']:.0f} ms, {batch['errors']} errors) |"
+            f"(p50 {batch['p50_ms']:.0f} ms, server CPU "
+            f"{batch['server_cpu_ms_per_request']:.0f} ms/request, {batch['errors']} errors) |"
         )
     lines += [
         "",

@@ -160,6 +160,10 @@ def test_not_ready_until_a_champion_exists_then_takes_it_up(served: Served, http
 
 def test_health_metrics_and_docs(served: Served, http) -> None:
     assert http.get(f"{served.url}/livez").status_code == 200
+    # The web page is mounted at "/" and does not shadow the API routes (tested throughout).
+    page = http.get(f"{served.url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert http.get(f"{served.url}/predict").status_code == 405  # POST only, not the page
     metrics = http.get(f"{served.url}/metrics")
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
     docs = http.get(f"{served.url}/docs")
@@ -408,13 +412,12 @@ def test_the_service_stays_healthy_after_bad_requests(served: Served, http, unla
 def test_concurrent_single_requests_share_forward_passes(served: Served, unlabelled_frame):
     rows = records(unlabelled_frame.head(64))
     before = httpx.get(f"{served.url}/model_info").json()["serving"]
-    with ThreadPoolExecutor(32) as pool:
+    limits = httpx.Limits(max_connections=32)
+    with httpx.Client(timeout=60, limits=limits) as client, ThreadPoolExecutor(32) as pool:
         statuses = list(
             pool.map(
                 lambda row: (
-                    httpx.post(
-                        f"{served.url}/predict", json={"incident": row}, timeout=60
-                    ).status_code
+                    client.post(f"{served.url}/predict", json={"incident": row}).status_code
                 ),
                 rows * 2,
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,16 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from starlette.testclient import TestClient
 
 from systemhealer.data import KPI_FEATURES
 from systemhealer.errors import ModelNotFoundError
 from systemhealer.http_guard import RequestGuard
 from systemhealer.incidents import IncidentError, TooManyIncidentsError, parse_incidents
 from systemhealer.serving import ChampionWatcher, MicroBatcher, upload_suffix
+
+with warnings.catch_warnings():  # "install httpx2": the TestClient works with httpx as it is
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 # --- JSON incidents ---
 
