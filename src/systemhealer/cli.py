@@ -375,10 +375,11 @@ def serve(
 ) -> None:
     """Serve the champion over HTTP (BentoML) until Ctrl-C; takes up new champions live."""
     from systemhealer import tracking
-    from systemhealer.serve import run_service
+    from systemhealer.serve import check_port, run_service
 
     settings = _settings(config)
     host, port = host or settings.serving.host, port or settings.serving.port
+    check_port(host, port)
     url = f"http://{host}:{port}"
     if tracking.champion(settings) is None:
         typer.echo(

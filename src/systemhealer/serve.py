@@ -7,6 +7,7 @@ ready, and always stops it again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -133,7 +134,9 @@ def run_service(
     )
 
     def forward(signum: int, _frame: object) -> None:
-        stop_service(process)
+        # Only pass the signal on: waiting here would deadlock with process.wait() below.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:
