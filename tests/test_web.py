@@ -45,6 +45,7 @@ SERVER_ENV = {
     "SYSTEMHEALER_TRAINING__MAX_EPOCHS": "6",
     "SYSTEMHEALER_TRAINING__PATIENCE": "3",
     "SYSTEMHEALER_TRAINING__HIDDEN_SIZES": "[32, 16]",
+    "SYSTEMHEALER_TRAINING__ENSEMBLE_SIZE": "2",
     "SYSTEMHEALER_TRAINING__TORCH_THREADS": "1",
     "SYSTEMHEALER_SERVING__MODEL_POLL_SECONDS": "1",
 }
@@ -114,7 +115,8 @@ class Watched:
         self.page.goto(self.base + path)
 
     def shot(self, name: str) -> None:
-        self.page.evaluate("window.scrollTo(0, 0)")  # the sticky top bar stays on top
+        # Scrolled to the top, the sticky top bar stays on top of a full-page screenshot.
+        self.page.evaluate("window.scrollTo({top: 0, behavior: 'instant'})")
         self.page.wait_for_timeout(300)  # let charts finish drawing
         self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -209,8 +211,9 @@ def test_train_two_models_in_the_browser(
 
     # Results: the gate's decision, metrics beside the champion's, every chart drawn.
     assert "champion" in page.locator("#job-result .alert").first.inner_text()
-    assert page.locator("#chart-loss polyline").count() == 2
-    assert page.locator("#chart-f1 polyline").count() == 1
+    # One line per ensemble member: training and validation loss, validation macro-F1.
+    assert page.locator("#chart-loss polyline").count() == 4
+    assert page.locator("#chart-f1 polyline").count() == 2
     assert page.locator("#chart-confusion rect.cell").count() == 36
     assert page.locator("#chart-embedding circle.point").count() > 10
     assert page.locator("#chart-class-mix rect.bar").count() == 6

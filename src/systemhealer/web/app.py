@@ -227,6 +227,9 @@ def create_app(
             response.headers.setdefault(key, value)
         if request.url.path.startswith(API):
             response.headers.setdefault("Cache-Control", "no-store")
+        elif request.url.path.startswith("/ui/static/"):
+            # Revalidate (a cheap 304): an upgraded service never runs yesterday's scripts.
+            response.headers.setdefault("Cache-Control", "no-cache")
         return response
 
     @app.exception_handler(SystemHealerError)
@@ -273,6 +276,7 @@ def create_app(
             "prefect_ui_url": reports.prefect_ui_url(settings),
             "model_name": settings.registry.model_name,
             "max_epochs": settings.training.max_epochs,
+            "ensemble_size": settings.training.ensemble_size,
         }
 
     @app.get(f"{API}/status")
@@ -295,21 +299,31 @@ def create_app(
 
     # --- jobs ---
 
-    def job_view(job: jobs.Job, full: bool = True) -> dict[str, Any]:
+    def job_view(
+        job: jobs.Job, full: bool = True, listed: list[jobs.Job] | None = None
+    ) -> dict[str, Any]:
+        """A job as the page shows it; ``listed`` = the jobs of its kind, if already read."""
+        same_kind = store.list(job.kind) if listed is None else listed
+        queued = [j.id for j in reversed(same_kind) if j.status == jobs.QUEUED]
         view = job.to_dict()
         view.pop("pid", None)
-        view["queue_position"] = store.queue_position(job)
-        view["running"] = sum(j.status == jobs.RUNNING for j in store.list(job.kind))
+        view["queue_position"] = queued.index(job.id) + 1 if job.id in queued else None
+        view["running"] = sum(j.status == jobs.RUNNING for j in same_kind)
         view["progress"] = store.read(job.id, "progress.json")
         if job.status == jobs.FAILED:
             view["error_detail"] = store.read(job.id, "error.json")
         if full and job.status == jobs.SUCCEEDED:
             view["result"] = store.read(job.id, "result.json")
+        progress = view["progress"] or {}
+        if job.kind == jobs.TRAIN and job.status == jobs.RUNNING and not progress.get("epoch"):
+            view["waiting_for"] = _training_lock_holder(settings, job.pid)
         return view
 
     @app.get(f"{API}/jobs")
     def list_jobs(kind: Annotated[str | None, Query()] = None) -> list[dict[str, Any]]:
-        return [job_view(j, full=False) for j in store.list(kind)[:50]]
+        listed = store.list(kind)
+        by_kind = {k: [j for j in listed if j.kind == k] for k in jobs.JOB_KINDS}
+        return [job_view(j, full=False, listed=by_kind[j.kind]) for j in listed[:50]]
 
     @app.get(f"{API}/jobs/{{job_id}}")
     def get_job(job_id: str) -> dict[str, Any]:
@@ -628,6 +642,17 @@ def create_app(
         return {"ok": True, "deployment": info.to_dict()}
 
     return app
+
+
+def _training_lock_holder(settings: Settings, own_pid: int | None) -> str | None:
+    """Who holds the training lock, if not this job's own process (a scheduled retraining, a
+    `systemhealer train`): the flow waits for it before it starts."""
+    from systemhealer.locks import TRAINING, describe_holder, state_lock
+
+    holder = state_lock(settings, TRAINING).holder()
+    if holder is None or holder.get("pid") == own_pid:
+        return None
+    return describe_holder(holder)
 
 
 def _check_header(path: Path, shown: str) -> None:

@@ -37,6 +37,7 @@
   SH.pct = (v) => (v === null || v === undefined ? "—" : `${(100 * v).toFixed(1)}%`);
   SH.int = (v) => (v === null || v === undefined ? "—" : Number(v).toLocaleString(SH.lang === "zh" ? "zh-CN" : "en"));
   SH.when = (iso) => (iso ? new Date(iso).toLocaleString(SH.lang === "zh" ? "zh-CN" : "en", { dateStyle: "short", timeStyle: "short" }) : "—");
+  SH.day = (ms) => new Date(ms).toLocaleDateString(SH.lang === "zh" ? "zh-CN" : "en", { dateStyle: "medium" });
   SH.bytes = (n) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MB` : `${Math.max(1, Math.round(n / 1024))} KB`);
   SH.esc = (s) => String(s === null || s === undefined ? "" : s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
@@ -219,6 +220,19 @@
   };
 
   // ---------- shared renderers ----------
+  /** Per-epoch history → line series, one per ensemble member (records carry ``member``). */
+  SH.historySeries = function (history, key, name, color) {
+    const members = [...new Set(history.map((e) => e.member || 0))];
+    return members.map((m) => {
+      const part = history.filter((e) => (e.member || 0) === m);
+      return { name, color, x: part.map((e) => e.epoch), y: part.map((e) => e[key]) };
+    });
+  };
+  SH.lossSeries = (history) => [
+    ...SH.historySeries(history, "train_loss", SH.t("chart.train_loss"), Charts.PALETTE[0]),
+    ...SH.historySeries(history, "val_loss", SH.t("chart.val_loss"), Charts.PALETTE[1]),
+  ];
+
   SH.chartBox = (titleKey, id) => h("div.panel", h("h3", SH.t(titleKey)), h("div.chart", { id }));
 
   /** A validation report: verdict, figures, blocking errors, drift warnings. */
@@ -252,6 +266,7 @@
     const run = report.run || {}, metrics = run.metrics || {}, gate = report.gate || {};
     const names = SH.classNames();
     const version = report.model_version;
+    const members = new Set((report.history || []).map((e) => e.member || 0)).size;
     const gateBox = h("div.alert." + (gate.promoted ? "ok" : "warn"),
       gate.promoted ? SH.t("report.promoted", { version }) : SH.t("report.rejected", { version }),
       gate.reason ? h("div.small", SH.t("report.reason"), " ", h("code", gate.reason)) : null);
@@ -275,6 +290,7 @@
       figure(SH.t("metric.eval_macro_f1"), SH.num(metrics.eval_macro_f1)),
       figure(SH.t("metric.eval_accuracy"), SH.num(metrics.eval_accuracy)),
       figure(SH.t("report.epochs"), (report.history || []).length || "—"),
+      members > 1 ? figure(SH.t("report.members"), members) : null,
       figure(SH.t("report.best_epoch"), metrics.best_epoch !== undefined ? metrics.best_epoch : "—"),
       figure(SH.t("report.train_seconds"), metrics.train_seconds !== undefined ? SH.num(metrics.train_seconds, 1) : "—"));
     const links = h("div.row.links",
@@ -294,14 +310,9 @@
     grid.append(lossBox, f1Box, confBox, embBox, mixBox);
     const history = report.history || [];
     Charts.bar(mixBox.querySelector(".chart"), { labels: SH.config.fault_classes.map((c) => names[c]), values: SH.config.fault_classes.map((c) => classMix[String(c)] || 0), xTitle: SH.t("chart.fault_class"), yTitle: SH.t("chart.incidents") });
-    Charts.lines(lossBox.querySelector(".chart"), {
-      series: [
-        { name: SH.t("chart.train_loss"), x: history.map((e) => e.epoch), y: history.map((e) => e.train_loss) },
-        { name: SH.t("chart.val_loss"), x: history.map((e) => e.epoch), y: history.map((e) => e.val_loss) },
-      ], xTitle: SH.t("chart.epoch"), yTitle: SH.t("chart.loss"),
-    });
+    Charts.lines(lossBox.querySelector(".chart"), { series: SH.lossSeries(history), xTitle: SH.t("chart.epoch"), yTitle: SH.t("chart.loss") });
     Charts.lines(f1Box.querySelector(".chart"), {
-      series: [{ name: SH.t("chart.val_f1"), x: history.map((e) => e.epoch), y: history.map((e) => e.val_macro_f1), color: "#009E73" }],
+      series: SH.historySeries(history, "val_macro_f1", SH.t("chart.val_f1"), Charts.PALETTE[2]),
       xTitle: SH.t("chart.epoch"), yTitle: SH.t("metric.macro_f1"), yMin: 0, yMax: 1,
     });
     const evaluation = report.evaluation || {};
@@ -346,7 +357,20 @@
         figure(SH.t("diagnose.mean_confidence"), SH.pct(summary.mean_confidence)),
         figure(SH.t("diagnose.low_confidence"), SH.int(summary.low_confidence), SH.t("diagnose.low_confidence_hint")),
         figure(SH.t("diagnose.most_common"), summary.rows ? names[top] : "—"))));
-    const grid = h("div.grid.two");
+    if (summary.rows === 1 && summary.diagnoses) {
+      // One incident: how likely each fault class is says more than distributions of one.
+      const only = summary.diagnoses[0];
+      const box = SH.chartBox("diagnose.class_probabilities", "chart-probabilities");
+      container.appendChild(h("div.grid.two", box, h("div.panel", h("h3", SH.t("diagnose.verdict")),
+        h("p", { style: "font-size:18px" }, h("span.swatch", { style: `background:${Charts.PALETTE[only.predicted_label % Charts.PALETTE.length]}` }),
+          h("strong", names[only.predicted_label]), " ", h("span.muted", SH.pct(only.confidence))),
+        h("p.muted.small", SH.t("diagnose.verdict_hint")))));
+      Charts.bar(box.querySelector(".chart"), {
+        labels: SH.config.fault_classes.map((c) => names[c]), values: SH.config.fault_classes.map((c) => only[`proba_${c}`]),
+        format: (v) => `${(100 * v).toFixed(1)}%`, xTitle: SH.t("chart.fault_class"), yTitle: SH.t("chart.probability"),
+      });
+    }
+    const grid = h("div.grid.two", summary.rows === 1 && summary.diagnoses ? { hidden: true } : null);
     const dist = SH.chartBox("diagnose.class_distribution", "chart-distribution");
     const hist = SH.chartBox("diagnose.confidence_histogram", "chart-confidence");
     const emb = SH.chartBox("diagnose.embedding", "chart-diag-embedding");

@@ -146,7 +146,10 @@
         pts.forEach((p, i) => tip(el("circle", { cx: p[0], cy: p[1], r: 3, fill: color, class: "dot" }, root), `${s.name} @ ${s.x[i]}: ${fmtTick(s.y[i])}`));
       }
     });
-    legend(root, opts.series.map((s, k) => ({ name: s.name, color: s.color || PALETTE[k % PALETTE.length] })), box.x, H - 24);
+    // One legend entry per name: an ensemble draws one line per member under the same name.
+    const named = new Map();
+    opts.series.forEach((s, k) => { if (!named.has(s.name)) named.set(s.name, s.color || PALETTE[k % PALETTE.length]); });
+    legend(root, [...named].map(([name, color]) => ({ name, color })), box.x, H - 24);
     frame(root, { ...box }, { ...opts, xTitle: null });
     if (opts.xTitle) el("text", { x: box.x + box.w - 2, y: box.y + box.h + 32, class: "axis-title", "text-anchor": "end" }, root, opts.xTitle);
     return root;

@@ -47,7 +47,7 @@
     try {
       detail = { version, report: await SH.api("GET", `/models/${version}/report`) };
       renderDetail();
-      section.scrollIntoView({ behavior: "smooth", block: "start" });
+      section.scrollIntoView({ block: "start" });
     } catch (e) { SH.alert(body, "error", e.message); }
   }
 
@@ -73,7 +73,7 @@
     const hasShift = rows.some((r) => r.shift !== undefined);
     SH.table(container, [
       { key: "version_n", label: "models.version", num: true, render: (v) => h("span", h("strong", `v${v.version}`), v.champion ? h("span", " ", SH.badge("champion", SH.t("models.champion"))) : null) },
-      { key: "created_ms", label: "models.created", render: (v) => SH.when(new Date(v.created_ms).toISOString()) },
+      { key: "created_ms", label: "models.created", render: (v) => h("span", { title: SH.when(new Date(v.created_ms).toISOString()) }, SH.day(v.created_ms)) },
       { key: "f1", label: "metric.eval_macro_f1", num: true, render: (v) => SH.num(v.f1) },
       ...(hasShift ? [{ key: "shift", label: "metric.shift_macro_f1", num: true, render: (v) => SH.num(v.shift) }] : []),
       { key: "acc", label: "metric.eval_accuracy", num: true, render: (v) => SH.num(v.acc) },

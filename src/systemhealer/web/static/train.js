@@ -81,22 +81,23 @@
       const history = p.history || [];
       const last = history[history.length - 1] || {};
       const max = p.max_epochs || SH.config.max_epochs;
+      const members = SH.config.ensemble_size || 1, member = last.member || 0;
+      const where = (members > 1 ? SH.t("job.member", { member: member + 1, members }) + " · " : "") + SH.t("job.epoch", { epoch: p.epoch || 0, max });
+      const share = (member * max + (p.epoch || 0)) / (members * max);
       box.append(
         stageList(p),
-        h("div.row", h("strong", { "data-testid": "epoch" }, SH.t("job.epoch", { epoch: p.epoch || 0, max })), h("span.muted.small", SH.t("job.early_stop"))),
-        h("div.progress", h("div", { style: `width:${Math.min(100, (100 * (p.epoch || 0)) / max)}%` })),
+        h("div.row", h("strong", { "data-testid": "epoch" }, where), h("span.muted.small", SH.t("job.early_stop"))),
+        h("div.progress", h("div", { style: `width:${Math.min(100, 100 * share).toFixed(1)}%` })),
         h("div.figures", { style: "margin-top:12px" },
           SH.figure(SH.t("chart.train_loss"), SH.num(last.train_loss)),
           SH.figure(SH.t("chart.val_loss"), SH.num(last.val_loss)),
           SH.figure(SH.t("chart.val_f1"), SH.num(last.val_macro_f1))),
         h("div.chart", { id: "live-loss" }));
-      if (!history.length) box.appendChild(h("p.muted.small", p.stage === "starting" ? SH.t("job.starting") : SH.t("job.preparing")));
+      if (job.waiting_for) box.appendChild(h("div.alert.info", SH.t("job.waiting_lock", { holder: job.waiting_for })));
+      else if (!history.length) box.appendChild(h("p.muted.small", p.stage === "starting" ? SH.t("job.starting") : SH.t("job.preparing")));
       else Charts.lines(box.querySelector("#live-loss"), {
-        series: [
-          { name: SH.t("chart.train_loss"), x: history.map((e) => e.epoch), y: history.map((e) => e.train_loss) },
-          { name: SH.t("chart.val_loss"), x: history.map((e) => e.epoch), y: history.map((e) => e.val_loss) },
-          { name: SH.t("chart.val_f1"), x: history.map((e) => e.epoch), y: history.map((e) => e.val_macro_f1), color: "#009E73" },
-        ], xTitle: SH.t("chart.epoch"),
+        series: [...SH.lossSeries(history), ...SH.historySeries(history, "val_macro_f1", SH.t("chart.val_f1"), Charts.PALETTE[2])],
+        xTitle: SH.t("chart.epoch"),
       });
       return;
     }
