@@ -298,6 +298,8 @@ class MicroBatcher(Generic[J, R]):
                 self.stats.largest = max(self.stats.largest, len(jobs))
                 try:
                     results = await loop.run_in_executor(self._executor, self.run_batch, jobs)
+                    if len(results) != len(jobs):
+                        raise RuntimeError(f"{len(results)} results for {len(jobs)} jobs")
                 except Exception as exc:  # a bug in the pass: fail its requests, keep serving
                     log.exception("diagnosis pass failed")
                     results = [exc] * len(jobs)
