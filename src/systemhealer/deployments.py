@@ -147,6 +147,13 @@ def deployment_stats(
     return cached
 
 
+def floor_shares(mix: np.ndarray, floor: float) -> np.ndarray:
+    """Keep every class share at least ``floor`` (EM can drive a share to zero, which would
+    forbid that class outright), then renormalise."""
+    floored = np.maximum(mix, floor)
+    return floored / floored.sum()
+
+
 def estimate_deployment_mix(
     diagnoser: FaultDiagnoser, reference: pd.DataFrame, stats: DeploymentStats
 ) -> np.ndarray:
