@@ -92,3 +92,10 @@ def test_resample_class_mix_follows_the_mix() -> None:
     counts = np.bincount(labels[rows], minlength=6)
     assert counts.max() - counts.min() <= 0.3 * counts.mean()
     assert len(set(rows.tolist())) == len(rows)  # without replacement
+
+
+def test_floor_keeps_every_class_possible() -> None:
+    from systemhealer.deployments import floor_shares
+
+    floored = floor_shares(np.array([0.0, 0.0, 0.35, 0.65, 0.0, 0.0]), 0.02)
+    assert np.isclose(floored.sum(), 1) and floored.min() >= 0.018
