@@ -113,6 +113,7 @@ class Watched:
 
     def goto(self, path: str) -> None:
         self.page.goto(self.base + path)
+        self.page.wait_for_selector("body[data-ready]")  # the page's handlers are in place
 
     def shot(self, name: str) -> None:
         # Scrolled to the top, the sticky top bar stays on top of a full-page screenshot.

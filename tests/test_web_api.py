@@ -259,3 +259,13 @@ def test_body_limit_counts_bodies_without_a_length() -> None:
     asyncio.run(guard(scope, receive, send))
     assert not reached
     assert sent[0]["status"] == 413
+
+
+def test_fault_classes_are_shown_by_their_configured_names(trained_state: Any) -> None:
+    names = ("disk full", "network partition", "CPU hog", "memory leak", "slow query", "deadlock")
+    settings = _with(load_settings(), class_names=names)
+    with TestClient(create_app(settings, run_jobs=False)) as client:
+        assert client.get("/ui/api/config").json()["class_names"] == list(names)
+        version = str(trained_state.summary["model_version"])
+        report = client.get(f"/ui/api/models/{version}/report").json()
+        assert report["class_names"] == list(names)

@@ -424,6 +424,7 @@
     }
     SH.applyI18n();
     if (window.Page && window.Page.start) window.Page.start();
+    document.body.dataset.ready = "true";  // handlers are in place (tests wait for this)
   }
   document.addEventListener("DOMContentLoaded", start);
 })();

@@ -128,7 +128,8 @@
       el("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, root, opts.empty || "—");
       return root;
     }
-    const xMin = Math.min(...xs), xMax = Math.max(...xs);
+    const xMin = opts.xMin !== undefined ? opts.xMin : Math.min(...xs);
+    const xMax = opts.xMax !== undefined ? Math.max(opts.xMax, ...xs) : Math.max(...xs);
     const yMin = opts.yMin !== undefined ? opts.yMin : Math.min(...ys);
     const yMax = opts.yMax !== undefined ? opts.yMax : Math.max(...ys);
     const y = yAxis(root, box, yMin, yMax, 5);
@@ -159,8 +160,10 @@
     let x = x0;
     for (const item of items) {
       el("rect", { x, y: y0 - 9, width: 12, height: 12, fill: item.color, rx: 2 }, root);
-      const text = el("text", { x: x + 16, y: y0 + 1, class: "legend" }, root, item.name);
-      x += 24 + Math.max(30, item.name.length * 7);
+      el("text", { x: x + 16, y: y0 + 1, class: "legend" }, root, item.name);
+      // Width of the text: CJK characters are about twice as wide as Latin ones.
+      const width = [...item.name].reduce((w, ch) => w + (ch.codePointAt(0) > 0x2e80 ? 12.5 : 7), 0);
+      x += 24 + Math.max(30, width);
     }
   }
 

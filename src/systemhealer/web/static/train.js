@@ -97,7 +97,7 @@
       else if (!history.length) box.appendChild(h("p.muted.small", p.stage === "starting" ? SH.t("job.starting") : SH.t("job.preparing")));
       else Charts.lines(box.querySelector("#live-loss"), {
         series: [...SH.lossSeries(history), ...SH.historySeries(history, "val_macro_f1", SH.t("chart.val_f1"), Charts.PALETTE[2])],
-        xTitle: SH.t("chart.epoch"),
+        xTitle: SH.t("chart.epoch"), xMin: 1, xMax: max,
       });
       return;
     }
