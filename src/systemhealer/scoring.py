@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from systemhealer.config import FAULT_CLASSES, DataSettings, Settings
 from systemhealer.data import (
@@ -101,6 +102,8 @@ class ScoringSummary:
     source: str = ""
     model: str = ""
     contract_sample: dict[str, Any] | None = None
+    # Seconds per stage (the parser thread's time overlaps the others').
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
@@ -350,6 +353,8 @@ class ContractSample:
 # row many-fold) whatever the chunk size. Calls run on ``threads`` threads at once: numpy and
 # torch release the GIL, so the cores are shared with the parsing thread.
 SCORE_BATCH_ROWS = 4096
+# Chunks parsed ahead of the one being scored (each costs memory).
+PREFETCH_DEPTH = 2
 DEFAULT_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
@@ -378,6 +383,7 @@ class _Tally:
     empty_rows: int = 0
     chunks: int = 0
     class_counts: np.ndarray = field(default_factory=lambda: np.zeros(len(FAULT_CLASSES), int))
+    stages: Counter[str] = field(default_factory=Counter)
 
     def counts(self) -> dict[str, int]:
         return {str(c): int(n) for c, n in zip(FAULT_CLASSES, self.class_counts, strict=True) if n}
@@ -406,8 +412,10 @@ def _score_chunks(
     """Check, score and write chunks; bad rows go to ``bad_out`` (or raise if it is None)."""
     tally = _Tally()
     pool = stack_pool = None
+    torch_threads = torch.get_num_threads()
     if threads > 1:
         stack_pool = pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
+        torch.set_num_threads(1)  # the pool's threads share the cores instead
     try:
         _score_loop(
             chunks, model, out, bad_out, source, first_row, on_chunk, contract, where, pool, tally
@@ -415,6 +423,7 @@ def _score_chunks(
     finally:
         if stack_pool is not None:
             stack_pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(torch_threads)
     return tally
 
 
@@ -432,20 +441,35 @@ def _score_loop(
     tally: _Tally,
 ) -> None:
     offset = first_row or 0
-    for chunk in chunks:
+    stages = tally.stages
+    iterator = iter(chunks)
+    while True:
+        clock = time.perf_counter()
+        chunk = next(iterator, None)
+        if chunk is None:
+            break
+        stages["reading (waited for)"] += time.perf_counter() - clock
+        stages["reading (parser thread)"] += chunk.seconds
+        clock = time.perf_counter()
         if contract is not None:
             contract.offer(chunk)
         checked = check_chunk(chunk)
+        chunk.typed = chunk.raw = None  # the checked copy is all that is needed from here
+        stages["row checks"] += time.perf_counter() - clock
         if checked.bad is not None:
             if bad_out is None:
                 raise DataValidationError(_bad_rows_message(source, checked.bad, first_row, where))
             rows = pc.add(checked.bad.column("row"), 1 + offset)
             bad_out.write(checked.bad.set_column(0, "row", rows))
             tally.bad_rows += checked.bad.num_rows
+        clock = time.perf_counter()
         diagnoses = diagnose_rows(model, checked.features, pool)
+        stages["diagnosis (preprocessing + network)"] += time.perf_counter() - clock
+        clock = time.perf_counter()
         ids = checked.ids if checked.ids is not None else checked.positions + offset
         diagnoses.insert(0, SAMPLE_ID, ids)
         out.write(pa.Table.from_pandas(spreadsheet_safe(diagnoses), preserve_index=False))
+        stages["writing"] += time.perf_counter() - clock
         tally.class_counts += np.bincount(
             diagnoses["predicted_label"].to_numpy(), minlength=len(FAULT_CLASSES)
         )[: len(FAULT_CLASSES)]
@@ -547,7 +571,7 @@ def stream_file(
     started = time.perf_counter()
     contract = ContractSample(settings.scoring.gx_sample_rows, settings.data, str(path))
     with contextlib.ExitStack() as stack:
-        chunks = stack.enter_context(Prefetch(source.chunks(chunk_rows), depth=2))
+        chunks = stack.enter_context(Prefetch(source.chunks(chunk_rows), depth=PREFETCH_DEPTH))
         out = stack.enter_context(AtomicTableWriter(output, list(PREDICTION_COLUMNS)))
         bad_out = None
         if on_bad_rows == "skip":
@@ -580,6 +604,7 @@ def stream_file(
         source=str(path),
         model=loaded.description,
         contract_sample=contract_result,
+        stage_seconds={k: round(v, 2) for k, v in tally.stages.items()},
     )
 
 

@@ -19,6 +19,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class RawChunk:
     raw: pd.DataFrame | None = None
     ragged: list[RaggedRow] = field(default_factory=list)
     progress: int = 0
+    seconds: float = 0.0  # reading and parsing it
 
     @property
     def rows(self) -> int:
@@ -241,13 +243,19 @@ class CsvSource:
         stop = partition.stop if partition else None
         parser = _BlockParser(self.columns, self.include)
         position = 0
+        clock = time.perf_counter()
         for block, progress in self._blocks(chunk_rows, start, stop):
             chunk = parser.parse(block, position)
+            del block  # not held while the chunk waits in a queue
             chunk.progress = progress
+            chunk.seconds = time.perf_counter() - clock
             position += chunk.rows
             yield chunk
+            clock = time.perf_counter()
 
-    def _blocks(self, chunk_rows: int, start: int, stop: int | None) -> Iterator[tuple[bytes, int]]:
+    def _blocks(
+        self, chunk_rows: int, start: int, stop: int | None
+    ) -> Iterator[tuple[memoryview, int]]:
         with self._open() as (stream, raw):
             begin = start or self.header_bytes
             if self.codec is None:
@@ -260,9 +268,10 @@ class CsvSource:
             while True:
                 if len(ends) >= chunk_rows or (eof and pending):
                     cut = int(ends[chunk_rows - 1]) + 1 if len(ends) >= chunk_rows else len(pending)
-                    block, pending = pending[:cut], pending[cut:]
+                    # A view, not a copy: one block's bytes are alive at a time.
+                    yield memoryview(pending)[:cut], raw.tell()
+                    pending = pending[cut:]
                     ends = ends[ends >= cut] - cut
-                    yield block, raw.tell()
                     continue
                 if eof:
                     return
@@ -315,7 +324,7 @@ class _BlockParser:
             strings_can_be_null=True,
         )
 
-    def parse(self, block: bytes, position: int) -> RawChunk:
+    def parse(self, block: bytes | memoryview, position: int) -> RawChunk:
         types: dict[str, pa.DataType] = dict.fromkeys(KPI_FEATURES, pa.float64())
         if self.id_type is not None:
             types[SAMPLE_ID] = self.id_type
@@ -334,7 +343,7 @@ class _BlockParser:
         positions = np.arange(position, position + table.num_rows)
         return RawChunk(positions=positions, typed=table)
 
-    def _parse_text(self, block: bytes, position: int) -> RawChunk:
+    def _parse_text(self, block: bytes | memoryview, position: int) -> RawChunk:
         ragged: list[pacsv.InvalidRow] = []
 
         def keep(row: pacsv.InvalidRow) -> str:
@@ -424,6 +433,7 @@ class ParquetSource:
             row_groups=list(range(start, stop)),
             columns=[self._names[c] for c in self.include],
         )
+        clock = time.perf_counter()
         for batch in batches:
             table = pa.Table.from_batches([batch]).rename_columns(self.include)
             positions = np.arange(position, position + table.num_rows)
@@ -433,10 +443,12 @@ class ParquetSource:
                     pc.cast(table.column(c), pa.float64()) if c in KPI_FEATURES else table.column(c)
                     for c in self.include
                 ]
-                typed = pa.table(casts, names=self.include)
-                yield RawChunk(positions=positions, typed=typed, progress=position)
+                chunk = RawChunk(positions, pa.table(casts, names=self.include), progress=position)
             else:
-                yield RawChunk(positions=positions, raw=table.to_pandas(), progress=position)
+                chunk = RawChunk(positions, raw=table.to_pandas(), progress=position)
+            chunk.seconds = time.perf_counter() - clock
+            yield chunk
+            clock = time.perf_counter()
 
 
 def _numeric(kind: pa.DataType) -> bool:
