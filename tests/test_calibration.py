@@ -94,7 +94,7 @@ def test_sweep_registers_its_best_mlp(
     from flows.sweep import sweep_flow
 
     monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("SYSTEMHEALER_TRAINING__MAX_EPOCHS", "6")
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__MAX_EPOCHS", "4")
     outcome = sweep_flow(
         str(small_training_csv),
         candidates=["mlp-default", "mlp-normal-scores-only", "gbt-baseline"],
