@@ -160,6 +160,9 @@ def predict(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the job's summary (with stage timings) as JSON.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Diagnose every incident of a file, chunk by chunk, with the champion (or ``--model-uri``)."""
@@ -189,7 +192,10 @@ def predict(
         summary = scoring.stream_file(
             path, output, loader, settings, on_bad_rows, chunk_rows, progress=progress
         )
-    typer.echo(scoring.summary_text(summary))
+    if as_json:
+        _echo_json(summary.to_dict())
+    else:
+        typer.echo(scoring.summary_text(summary))
 
 
 @app.command()
