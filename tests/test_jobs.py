@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from systemhealer import jobs
-from systemhealer.errors import DataValidationError
+from systemhealer.errors import DataValidationError, SystemHealerError
 
 
 def _new(store: jobs.JobStore, kind: str = jobs.DIAGNOSE, name: str = "incidents.csv") -> jobs.Job:
@@ -160,3 +160,28 @@ def test_uploads_are_kept_by_id(tmp_path: Path) -> None:
     uploads.discard(upload.id)
     with pytest.raises(jobs.JobNotFoundError):
         uploads.get(upload.id)
+
+
+def test_an_orderly_shutdown_leaves_the_running_job_to_run_again(tmp_path: Path) -> None:
+    store = jobs.JobStore(tmp_path)
+    started, stopped = threading.Event(), threading.Event()
+
+    def executor(job: jobs.Job) -> None:
+        started.set()
+        stopped.wait(10)
+        # What a training sees when the service stops: its process was terminated.
+        raise SystemHealerError("the training process exited with code 143")
+
+    job = _new(store)
+    runner = jobs.JobRunner(store, {jobs.DIAGNOSE: executor}, {jobs.DIAGNOSE: 1}, poll_seconds=0.05)
+    runner.start()
+    assert started.wait(10)
+    stopping = threading.Thread(target=runner.stop)
+    stopping.start()
+    time.sleep(0.2)
+    stopped.set()
+    stopping.join(20)
+    left = store.get(job.id)
+    assert left.status == jobs.RUNNING and left.attempts == 0  # not counted as a crash
+    jobs.JobRunner(store, {}, {}).recover()
+    assert store.get(job.id).status == jobs.QUEUED

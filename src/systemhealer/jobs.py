@@ -446,8 +446,9 @@ class JobRunner:
             return self.store.update(job.id, status=CANCELLED, finished_at=_now(), pid=None)
         except Exception as exc:
             if self._stop.is_set():
-                # Interrupted by a shutdown: left RUNNING, so recover() queues it again.
-                return self.store.get(job.id)
+                # Stopped by an orderly shutdown: left RUNNING, so recover() queues it again,
+                # and not counted as an attempt (only crashes are).
+                return self.store.update(job.id, attempts=max(0, job.attempts - 1), pid=None)
             return self._failed(job, exc)
         return self.store.update(job.id, status=SUCCEEDED, finished_at=_now(), pid=None)
 
@@ -486,10 +487,18 @@ class JobRunner:
 # --- training: the Prefect flow in a child process ---
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # Linux: SIGTERM the training if the service process dies, so no orphan keeps training.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+_PARENT_PID = "SYSTEMHEALER_JOB_PARENT_PID"
+
+
+def _die_with_parent() -> None:
+    """In a training's child process: be sent SIGTERM when the service that started it dies,
+    so no orphan keeps training (Linux). Set here, after exec, rather than between fork and exec
+    (``preexec_fn``), which is unsafe in a process with threads such as the service."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    expected = os.environ.get(_PARENT_PID)
+    if expected and os.getppid() != int(expected):
+        sys.exit(143)  # the service died before the line above ran
 
 
 @dataclass
@@ -509,6 +518,7 @@ class TrainingExecutor:
         # A busy machine may take a while to start Prefect's temporary server.
         env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
         env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        env[_PARENT_PID] = str(os.getpid())
         return env
 
     def __call__(self, job: Job) -> None:
@@ -524,7 +534,6 @@ class TrainingExecutor:
                 stdin=subprocess.DEVNULL,
                 env=self.environment(),
                 start_new_session=True,  # its own process group: cancel stops Prefect's server too
-                preexec_fn=_die_with_parent,
             )
         self.store.update(job.id, pid=process.pid)
         cancelled = False
@@ -632,6 +641,7 @@ def _train_here(folder: Path) -> int:
 
     # SIGTERM (cancel, service stopping) → SystemExit, so Prefect stops its temporary server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    _die_with_parent()
     job = Job.from_dict(json.loads((folder / "job.json").read_text()))
     try:
         settings = load_settings()
