@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def prepare_prefect(settings: Settings, quiet: bool = True) -> None:
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary server migrates a fresh database first: on a busy 2-core machine that takes
+    # longer than Prefect's 20 s default, and the command would fail for no fault of the user.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_UI_ENABLED", "true")
     # A running `systemhealer schedule` serves this state folder's Prefect database: use its
     # server rather than a second, temporary one on the same SQLite file.
@@ -179,10 +183,17 @@ def crash_flow_run(flow_run_id: str, reason: str) -> bool:
     return True
 
 
-def serve_schedules(settings: Settings, config_file: str | None) -> None:
-    """Register the retraining and drift deployments on their crons and run their flow runs
-    until stopped (Ctrl-C / SIGTERM). Needs a Prefect server (``PREFECT_API_URL``)."""
-    import prefect
+def serve_schedules(
+    settings: Settings, config_file: str | None, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Register the retraining and drift deployments on their crons, call ``on_ready``, then
+    run their flow runs until stopped (Ctrl-C / SIGTERM). Needs a Prefect server
+    (``PREFECT_API_URL``)."""
+    import asyncio
+    import contextlib
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
     from prefect.types.entrypoint import EntrypointType
 
     from flows.drift import drift_flow
@@ -208,6 +219,13 @@ def serve_schedules(settings: Settings, config_file: str | None) -> None:
             tags=["systemhealer"],
         ),
     ]
-    # Schedules stay active when the scheduler stops: runs that fall due meanwhile are run
-    # when it is back (each is idempotent), and a restart changes nothing on the server.
-    prefect.serve(*deployments, pause_on_shutdown=False, print_starting_message=False)
+    # What prefect.serve does, with a hook once the deployments are registered. Schedules stay
+    # active when the scheduler stops: runs that fall due meanwhile are run when it is back
+    # (each is idempotent), and a restart changes nothing on the server.
+    runner = Runner(pause_on_shutdown=False)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    if on_ready is not None:
+        on_ready()
+    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+        asyncio.run(runner.start())

@@ -131,15 +131,18 @@ def run_scheduler(
         settings.inbox_dir.mkdir(parents=True, exist_ok=True)
         settings.drift_inbox_dir.mkdir(parents=True, exist_ok=True)
         ui = api_url.removesuffix("/api")
-        echo(
-            f"Prefect {ui} — deployments 'retraining/retraining' "
-            f"(cron '{settings.schedule.retrain_cron}', UTC) and 'drift/drift' "
-            f"(cron '{settings.schedule.drift_cron}', UTC)\n"
-            f"labelled files  → {settings.inbox_dir}\n"
-            f"unlabelled files → {settings.drift_inbox_dir}\n"
-            "Ctrl-C or SIGTERM stops the scheduler."
-        )
-        serve_schedules(settings, config_file)
+
+        def ready() -> None:
+            echo(
+                f"Prefect {ui} — deployments 'retraining/retraining' "
+                f"(cron '{settings.schedule.retrain_cron}', UTC) and 'drift/drift' "
+                f"(cron '{settings.schedule.drift_cron}', UTC)\n"
+                f"labelled files  → {settings.inbox_dir}\n"
+                f"unlabelled files → {settings.drift_inbox_dir}\n"
+                "Ctrl-C or SIGTERM stops the scheduler."
+            )
+
+        serve_schedules(settings, config_file, on_ready=ready)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         stop_prefect_server(server)
