@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +47,20 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         else:
             frame = pd.read_csv(path, low_memory=False)
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as exc:
+    except pd.errors.EmptyDataError as exc:  # a ValueError: before the clause below
+        raise DataValidationError(f"{path}: no header and no rows") from exc
+    # EOFError and zlib.error: a truncated or corrupt .gz (found by tests/test_properties.py).
+    except (
+        UnicodeDecodeError,
+        pd.errors.ParserError,
+        ValueError,
+        OSError,
+        EOFError,
+        zlib.error,
+    ) as exc:
         kind = "Parquet" if file_format(path) == "parquet" else "CSV"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataValidationError(f"{path}: not a readable {kind} file ({first[:200]})") from exc
-    except pd.errors.EmptyDataError as exc:
-        raise DataValidationError(f"{path}: no header and no rows") from exc
     _refuse_wrong_delimiter(frame, path)
     return frame
 
