@@ -13,6 +13,7 @@ each rank's loss is its share of the batch's weighted mean, so the all-reduced g
 single-process gradient of that batch, and the logged metrics are the same as in a
 single-process run. Validation, early stopping and the best weights are decided on rank 0 and
 broadcast. Dropout masks differ (each rank draws its own), so runs are alike, not bit-equal.
+The loop mirrors ``train_network``'s: a change to its optimisation belongs here too.
 """
 
 from __future__ import annotations
