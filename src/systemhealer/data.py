@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sklearn.model_selection import train_test_split
 
 from systemhealer.config import FAULT_CLASSES, N_KPI_FEATURES
@@ -232,7 +233,9 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     if file_format(path) == "parquet":
         frame.to_parquet(path, index=False)
     else:
-        spreadsheet_safe(frame).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+        # Every text cell quoted: a bare carriage return inside an id would otherwise start a
+        # new row in a spreadsheet (and a formula there), as the csv module quotes only "\n".
+        spreadsheet_safe(frame).to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -252,3 +255,19 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
                 out = frame.copy()
             out[column] = text.where(~risky, "'" + text)
     return out
+
+
+_PLAIN_NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+
+
+def spreadsheet_safe_text(values: pa.Array) -> pa.Array:
+    """:func:`spreadsheet_safe` for one Arrow text column (e.g. the raw cells of bad rows):
+    cells starting like a formula get a quote in front; plain numbers stay as they are."""
+    import pyarrow.compute as pc
+
+    risky = pc.and_(
+        pc.match_substring_regex(values, "^[=+\\-@\t\r]"),
+        pc.invert(pc.match_substring_regex(values, _PLAIN_NUMBER)),
+    )
+    quoted = pc.binary_join_element_wise("'", values, "")
+    return pc.if_else(pc.fill_null(risky, False), quoted, values)

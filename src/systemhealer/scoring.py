@@ -48,6 +48,7 @@ from systemhealer.data import (
     feature_matrix,
     sample_ids,
     spreadsheet_safe,
+    spreadsheet_safe_text,
     text_to_numbers,
     write_table,
 )
@@ -202,7 +203,9 @@ def _bad_table(
         if values is None:
             arrays.append(pa.nulls(len(positions), pa.string()))
         else:
-            arrays.append(pc.cast(values.column(column), pa.string()).combine_chunks())
+            # The raw cells as sent: neutralise formulas, as in the diagnoses themselves.
+            text = pc.cast(values.column(column), pa.string()).combine_chunks()
+            arrays.append(spreadsheet_safe_text(text))
     return pa.table(arrays, names=["row", "reason", *columns])
 
 
