@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export BENTOML_DO_NOT_TRACK = true
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint format bench serve bento mlflow-ui clean browser
+.PHONY: setup demo test test-fast lint format bench soak serve bento mlflow-ui clean browser
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ format: setup
 
 bench: setup ## benchmark tables (serving, batch scoring)
 	$(BIN)/python -m benchmarks.run
+
+soak: setup ## load for minutes: 32 clients, champion swaps, zero errors expected, memory before/after
+	$(BIN)/python -m benchmarks.soak --duration 180 --clients 32
 
 serve: setup
 	$(BIN)/systemhealer serve
