@@ -122,6 +122,7 @@ class SoakResult:
             "rss_mb_before": rss[0] if rss else None,
             "rss_mb_after": rss[-1] if rss else None,
             "rss_mb_peak": max(rss) if rss else None,
+            "rss_mb_samples": rss,  # every 5 s: growth that levels off is not a leak
         }
 
 

@@ -13,14 +13,16 @@ from prefect import flow, get_run_logger, task
 
 from systemhealer import drift, tracking
 from systemhealer.config import Settings, load_settings
+from systemhealer.errors import SystemHealerError
 from systemhealer.inbox import settled_files
 
 
 @task(name="check drift")
-def check_one(path: str, settings: Settings, keep_file: bool) -> dict[str, Any]:
+def check_one(
+    path: str, settings: Settings, diagnoser: Any, version: str | None, keep_file: bool
+) -> dict[str, Any]:
     """Check one file, keep and log its report, move it out of the drift inbox."""
-    diagnoser, version = tracking.load_diagnoser(settings)
-    report = drift.check_file(Path(path), settings, diagnoser, version.version if version else None)
+    report = drift.check_file(Path(path), settings, diagnoser, version)
     drift.log_report(report, settings)
     drift.save_report(report, settings)
     if not keep_file:
@@ -39,17 +41,20 @@ def drift_flow(config_file: str | None = None, path: str | None = None) -> dict[
         settings.drift_inbox_dir.mkdir(parents=True, exist_ok=True)
         files, waiting = settled_files(settings.drift_inbox_dir, settings.schedule.settle_seconds)
         keep = False
-    if files and tracking.champion(settings) is None:
-        # Nothing to compare with: the files wait in the inbox for the first champion.
-        logger.warning("no champion yet: %d file(s) wait for one", len(files))
-        return {
-            "checked": [],
-            "waiting": [p.name for p in files + waiting],
-            "reason": "no champion",
-        }
+    if not files:
+        return {"checked": [], "waiting": [p.name for p in waiting]}
+    try:
+        diagnoser, version = tracking.load_diagnoser(settings)
+    except SystemHealerError as exc:
+        # Nothing to compare with (no champion, or one this code cannot load): the files wait
+        # in the inbox for a champion.
+        logger.warning("%d file(s) wait: %s", len(files), exc)
+        return {"checked": [], "waiting": [p.name for p in files + waiting], "reason": str(exc)}
     checked = []
     for file in files:
-        report = check_one(str(file), settings, keep)
+        report = check_one(
+            str(file), settings, diagnoser, version.version if version else None, keep
+        )
         logger.info(report["headline"])
         checked.append(
             {k: report[k] for k in ("source", "report_id", "mlflow_run_id", "summary", "headline")}

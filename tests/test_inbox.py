@@ -136,3 +136,23 @@ def test_training_is_needed_only_for_new_data(
         "no new training data since the last training",
     )
     assert inbox.training_needed(settings, have_champion=False)[0]  # the champion is gone
+
+
+def test_a_file_that_trips_a_bug_is_rejected_and_the_rest_merged(
+    settings: Settings, small_training_frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = inbox.validate_file
+
+    def flaky(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(path).name == "poison.csv":
+            raise RuntimeError("a bug in a reader")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(inbox, "validate_file", flaky)
+    drop(settings, "poison.csv", small_training_frame.iloc[10:20])
+    drop(settings, "good.csv", small_training_frame.head(10))
+    outcomes = {f.name: f for f in inbox.process_inbox(settings).files}
+    assert outcomes["good.csv"].status == "merged"
+    assert outcomes["poison.csv"].status == "rejected"
+    assert "RuntimeError: a bug in a reader" in outcomes["poison.csv"].message
+    assert not any(settings.inbox_dir.iterdir())

@@ -259,7 +259,7 @@ def check_file(path: Path, settings: Settings, diagnoser: Any, version: str | No
     """Drift of a CSV/Parquet file; an unreadable file gives a report saying why."""
     try:
         raw = read_incidents(path)
-    except DataValidationError as exc:
+    except Exception as exc:  # unreadable (or a bug): a report saying so, the inbox moves on
         empty = {"ok": False, "source": path.name, "issues": [{"message": str(exc)}]}
         return DriftReport(
             source=path.name,

@@ -262,7 +262,14 @@ def process_inbox(settings: Settings, profile: DataProfile | None = None) -> Inb
                     FileOutcome(path.name, "already merged", sha, moved_to=str(target))
                 )
                 continue
-            report, frame = validate_inbox_file(path, settings, profile)
+            try:
+                report, frame = validate_inbox_file(path, settings, profile)
+            except Exception as exc:  # a file that trips a bug must not block the inbox
+                log.exception("inbox: cannot validate %s", path.name)
+                report, frame = ValidationReport(path.name, 0, 0, checks_run=1), pd.DataFrame()
+                report.issues.append(
+                    ValidationIssue("readable", f"cannot read: {type(exc).__name__}: {exc}", True)
+                )
             if not report.ok:
                 result.files.append(_reject(path, report, sha, settings))
                 continue
