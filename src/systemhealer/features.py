@@ -49,25 +49,29 @@ def _weighted_quantiles(column: np.ndarray, weights: np.ndarray, probs: np.ndarr
 
 
 def _cdf(quantiles: np.ndarray, probs: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Map values through the piecewise-linear CDF given by ``quantiles`` at ``probs``.
+    """Map values through the piecewise-linear CDFs given by ``quantiles`` at ``probs``.
 
+    ``quantiles`` is (len(probs), m), one non-decreasing grid per column; ``values`` is (n, m).
     Ties (runs of equal quantiles: a point mass) get the middle of their probability span.
+    Only the two binary searches run per column; the rest is one pass over the whole matrix.
     """
-    lo = np.searchsorted(quantiles, values, side="left")
-    hi = np.searchsorted(quantiles, values, side="right")
-    k = len(quantiles)
-    u = np.empty_like(values)
-    inside = (lo == hi) & (lo > 0) & (lo < k)
-    i = lo[inside]
-    width = quantiles[i] - quantiles[i - 1]
-    safe = np.where(width > 0, width, 1.0)
-    t = np.where(width > 0, (values[inside] - quantiles[i - 1]) / safe, 0.5)
-    u[inside] = probs[i - 1] + t * (probs[i] - probs[i - 1])
-    u[(lo == hi) & (lo == 0)] = probs[0]
-    u[(lo == hi) & (lo == k)] = probs[-1]
+    k, m = quantiles.shape
+    lo = np.empty(values.shape, dtype=np.intp)
+    hi = np.empty(values.shape, dtype=np.intp)
+    for j in range(m):
+        lo[:, j] = np.searchsorted(quantiles[:, j], values[:, j], side="left")
+        hi[:, j] = np.searchsorted(quantiles[:, j], values[:, j], side="right")
+    i = np.clip(lo, 1, k - 1)
+    columns = np.arange(m)
+    left, right = quantiles[i - 1, columns], quantiles[i, columns]
+    width = right - left
+    with np.errstate(invalid="ignore"):
+        t = np.where(width > 0, (values - left) / np.where(width > 0, width, 1.0), 0.5)
+    u = probs[i - 1] + t * (probs[i] - probs[i - 1])
+    u = np.where(lo == 0, probs[0], u)
+    u = np.where(lo == k, probs[-1], u)
     tie = lo < hi
-    u[tie] = 0.5 * (probs[np.maximum(lo[tie] - 1, 0)] + probs[hi[tie] - 1])
-    return u
+    return np.where(tie, 0.5 * (probs[np.maximum(lo - 1, 0)] + probs[np.maximum(hi - 1, 0)]), u)
 
 
 @dataclass(frozen=True)
@@ -110,11 +114,8 @@ class DeploymentStats:
 
     def positions(self, values: np.ndarray) -> np.ndarray:
         """u = F_ref(x) per cell, NaN → 0.5 (the deployment's median)."""
-        u = np.full(values.shape, 0.5)
-        for j in range(values.shape[1]):
-            column = values[:, j]
-            seen = ~np.isnan(column)
-            u[seen, j] = _cdf(self.quantiles[:, j], self.probs, column[seen])
+        u = _cdf(self.quantiles, self.probs, values)
+        u[np.isnan(values)] = 0.5
         return u
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,14 +145,21 @@ class DeploymentStats:
 
 
 def encode_positions(u: np.ndarray, ple_bins: int, reference_rows: int) -> np.ndarray:
-    """Positions u ∈ [0, 1] → normal scores plus a ``ple_bins``-unit thermometer code of u."""
+    """Positions u ∈ [0, 1] → normal scores plus a ``ple_bins``-unit thermometer code of u.
+
+    Row layout: the m normal scores, then for each column its ``ple_bins`` thermometer units.
+    """
     eps = max(0.5 / max(reference_rows, 1), 1e-3)
-    z = ndtri(np.clip(u, eps, 1 - eps))
+    scores = ndtri(np.clip(u, eps, 1 - eps)).astype(np.float32)
     if ple_bins <= 0:
-        return z.astype(np.float32)
-    steps = np.arange(ple_bins)
-    thermometer = np.clip(u[:, :, None] * ple_bins - steps[None, None, :], 0.0, 1.0) - 0.5
-    return np.concatenate([z, thermometer.reshape(len(u), -1)], axis=1).astype(np.float32)
+        return scores
+    n, m = u.shape
+    thermometer = np.empty((n, m, ple_bins), dtype=np.float32)  # contiguous: fast in-place ops
+    steps = np.arange(ple_bins, dtype=np.float32)
+    np.subtract((u.astype(np.float32) * np.float32(ple_bins))[:, :, None], steps, out=thermometer)
+    np.clip(thermometer, np.float32(0.0), np.float32(1.0), out=thermometer)
+    thermometer -= np.float32(0.5)
+    return np.concatenate([scores, thermometer.reshape(n, m * ple_bins)], axis=1)
 
 
 @dataclass(frozen=True)
