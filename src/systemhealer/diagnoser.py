@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ import pandas as pd
 import torch
 
 from systemhealer.config import FAULT_CLASSES
-from systemhealer.data import PROBA_COLUMNS
+from systemhealer.data import KPI_FEATURES, PROBA_COLUMNS
 from systemhealer.errors import ModelNotFoundError
-from systemhealer.features import DeploymentStats, KpiPreprocessor
+from systemhealer.features import DeploymentStats, KpiPreprocessor, encode_positions
+from systemhealer.inference import FusedNetwork
 from systemhealer.label_shift import correct_probabilities
 from systemhealer.model import FaultEnsemble
 from systemhealer.validation import DataProfile
@@ -43,19 +45,51 @@ class FaultDiagnoser:
         default_factory=dict, repr=False
     )
 
-    @torch.inference_mode()
+    # The inference form of ``network`` (see systemhealer.inference), built on first use.
+    _fused: FusedNetwork | None = field(default=None, init=False, repr=False, compare=False)
+
     def probabilities(
         self, features: pd.DataFrame, deployment: DeploymentStats | None = None
     ) -> np.ndarray:
         """Class probabilities, one row per incident."""
-        if len(features) == 0:
+        return self.probabilities_of_values(self.preprocessor.raw_values(features), deployment)
+
+    @cached_property
+    def kpi_positions(self) -> np.ndarray:
+        """Where the model's columns are in ``KPI_FEATURES`` (for callers holding all KPIs)."""
+        index = {name: j for j, name in enumerate(KPI_FEATURES)}
+        return np.asarray([index[c] for c in self.preprocessor.columns], dtype=np.intp)
+
+    @torch.inference_mode()
+    def probabilities_of_values(
+        self, values: np.ndarray, deployment: DeploymentStats | None = None
+    ) -> np.ndarray:
+        """Class probabilities of raw values already in the model's columns (float64, n × m,
+        NaN = missing): what :meth:`probabilities` runs after selecting the columns."""
+        if len(values) == 0:
             return np.zeros((0, len(FAULT_CLASSES)), dtype=np.float32)
-        self.network.eval()
-        inputs = torch.from_numpy(self.preprocessor.transform(features, deployment))
-        probabilities = torch.softmax(self.network(inputs), dim=1).numpy()
+        stats = deployment or self.preprocessor.training
+        if stats.columns != self.preprocessor.columns:
+            raise ValueError(f"deployment '{stats.name}' was measured for other columns")
+        positions = stats.positions(values)
+        if self.preprocessor.ple_bins > 0:
+            probabilities = self._fused_network().probabilities(positions, stats.rows)
+        else:  # no thermometer code: the network's input is just the normal scores
+            self.network.eval()
+            inputs = encode_positions(positions, 0, stats.rows)
+            probabilities = torch.softmax(self.network(torch.from_numpy(inputs)), dim=1).numpy()
         if deployment is not None and deployment.class_mix is not None:
             probabilities = correct_probabilities(probabilities, deployment.class_mix)
         return probabilities
+
+    def _fused_network(self) -> FusedNetwork:
+        fused = self._fused
+        if fused is None or fused.network is not self.network:
+            fused = FusedNetwork(
+                self.network, len(self.preprocessor.columns), self.preprocessor.ple_bins
+            )
+            self._fused = fused
+        return fused
 
     def diagnose(
         self, features: pd.DataFrame, deployment: DeploymentStats | None = None

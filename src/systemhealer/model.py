@@ -53,7 +53,12 @@ class FaultEnsemble(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Log of the members' mean probabilities (so softmax gives the mean back)."""
-        probabilities = torch.stack([torch.softmax(m(inputs), dim=1) for m in self.members]).mean(0)
+        return self.combine([m(inputs) for m in self.members])
+
+    @staticmethod
+    def combine(member_logits: list[torch.Tensor]) -> torch.Tensor:
+        """The members' logits → log of their mean probabilities."""
+        probabilities = torch.stack([torch.softmax(x, dim=1) for x in member_logits]).mean(0)
         return torch.log(probabilities.clamp_min(1e-12))
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
