@@ -137,11 +137,14 @@ class _FailingDiagnoser:
     def __init__(self, diagnoser) -> None:  # type: ignore[no-untyped-def]
         self.diagnoser, self.calls = diagnoser, 0
 
-    def diagnose(self, features, deployment=None):  # type: ignore[no-untyped-def]
+    def __getattr__(self, name):  # type: ignore[no-untyped-def]
+        return getattr(self.diagnoser, name)
+
+    def probabilities_of_values(self, values, deployment=None):  # type: ignore[no-untyped-def]
         self.calls += 1
         if self.calls == 3:
             raise RuntimeError("worker lost")
-        return self.diagnoser.diagnose(features, deployment)
+        return self.diagnoser.probabilities_of_values(values, deployment)
 
 
 def test_a_job_that_fails_half_way_leaves_the_earlier_result_untouched(

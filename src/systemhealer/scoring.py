@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import tempfile
 import threading
@@ -52,7 +53,7 @@ from systemhealer.data import (
     text_to_numbers,
     write_table,
 )
-from systemhealer.diagnoser import FaultDiagnoser, diagnoses_frame
+from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import DataValidationError, SystemHealerError
 from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
 from systemhealer.streaming import (
@@ -176,14 +177,38 @@ def score_file(
 
 @dataclass
 class CheckedChunk:
-    """A chunk split into rows to score and bad rows with their reasons."""
+    """A chunk split into rows to score and bad rows with their reasons.
 
-    features: pd.DataFrame
+    The rows to score are kept as read: an Arrow table of float64 KPI columns (a chunk parsed
+    typed) or a float64 matrix of the KPI columns; :meth:`values` takes the columns a model
+    needs without building the others.
+    """
+
+    kpis: pa.Table | np.ndarray
     positions: np.ndarray
     ids: np.ndarray | None
     bad: pa.Table | None
     empty_rows: int
     cell_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def values(self, columns: np.ndarray | None = None) -> np.ndarray:
+        """KPI values (float64, NaN = missing) of the rows to score; ``columns`` are indices into
+        ``KPI_FEATURES`` (default: all)."""
+        index = np.arange(len(KPI_FEATURES)) if columns is None else np.asarray(columns)
+        if isinstance(self.kpis, np.ndarray):
+            return self.kpis[:, index]
+        matrix = np.empty((self.kpis.num_rows, len(index)), dtype=np.float64)
+        for j, k in enumerate(index):
+            matrix[:, j] = self.kpis.column(KPI_FEATURES[k]).to_numpy()
+        return matrix
+
+    @property
+    def features(self) -> pd.DataFrame:
+        """The rows to score as a frame of the KPI columns."""
+        return pd.DataFrame(self.values(), columns=list(KPI_FEATURES), copy=False)
 
 
 def _kpi_matrix(table: pa.Table) -> np.ndarray:
@@ -209,8 +234,41 @@ def _bad_table(
     return pa.table(arrays, names=["row", "reason", *columns])
 
 
+def _check_typed(chunk: RawChunk) -> CheckedChunk | None:
+    """The usual case, checked column by column in Arrow without building a matrix: a chunk
+    parsed typed whose KPI values are all finite. None if it has an infinite value."""
+    table = chunk.typed
+    if table is None or chunk.ragged:
+        return None
+    nulls = []
+    for column in KPI_FEATURES:
+        values = table.column(column)
+        extremes = pc.min_max(values).as_py()
+        if extremes["min"] is not None and (
+            math.isinf(extremes["min"]) or math.isinf(extremes["max"])
+        ):
+            return None
+        nulls.append(values.null_count)
+    empty_rows = 0
+    if min(nulls) > 0:  # only then can a row have no KPI value at all
+        missing = np.ones(table.num_rows, dtype=bool)
+        for column, count in zip(KPI_FEATURES, nulls, strict=True):
+            if count < table.num_rows:
+                missing &= table.column(column).is_null().to_numpy(zero_copy_only=False)
+        empty_rows = int(missing.sum())
+    ids = (
+        table.column(SAMPLE_ID).to_numpy(zero_copy_only=False)
+        if SAMPLE_ID in table.column_names
+        else None
+    )
+    return CheckedChunk(table, chunk.positions, ids, None, empty_rows)
+
+
 def check_chunk(chunk: RawChunk) -> CheckedChunk:
     """Apply the contract's row rules to a chunk: KPI values must be numbers and finite."""
+    fast = _check_typed(chunk)
+    if fast is not None:
+        return fast
     problems: dict[int, list[str]] = {}
     counts: Counter[tuple[str, str]] = Counter()
     if chunk.typed is not None:
@@ -282,8 +340,7 @@ def check_chunk(chunk: RawChunk) -> CheckedChunk:
         empty_rows = int(np.isnan(matrix).all(axis=1).sum())
     else:
         positions = chunk.positions
-    features = pd.DataFrame(matrix, columns=list(KPI_FEATURES), copy=False)
-    return CheckedChunk(features, positions, ids, bad, empty_rows, counts)
+    return CheckedChunk(matrix, positions, ids, bad, empty_rows, counts)
 
 
 # --- the Great Expectations contract on the first rows ------------------------------------------
@@ -362,20 +419,38 @@ DEFAULT_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
 def diagnose_rows(
-    model: ScoringModel, features: pd.DataFrame, pool: ThreadPoolExecutor | None = None
-) -> pd.DataFrame:
-    """``FaultDiagnoser.diagnose`` in batches of at most :data:`SCORE_BATCH_ROWS` rows."""
-    parts = max(1, -(-len(features) // SCORE_BATCH_ROWS))
+    model: ScoringModel, values: np.ndarray, pool: ThreadPoolExecutor | None = None
+) -> np.ndarray:
+    """Class probabilities of raw values in the model's columns (see
+    :meth:`FaultDiagnoser.probabilities_of_values`), in batches of at most
+    :data:`SCORE_BATCH_ROWS` rows."""
+    diagnoser = model.diagnoser
+    parts = max(1, -(-len(values) // SCORE_BATCH_ROWS))
     if parts == 1:
-        return model.diagnoser.diagnose(features, model.deployment)
-    bounds = np.linspace(0, len(features), parts + 1).astype(int)
-    batches = [features.iloc[a:b] for a, b in itertools.pairwise(bounds)]
+        return diagnoser.probabilities_of_values(values, model.deployment)
+    bounds = np.linspace(0, len(values), parts + 1).astype(int)
+    batches = [values[a:b] for a, b in itertools.pairwise(bounds)]
 
-    def probabilities(batch: pd.DataFrame) -> np.ndarray:
-        return model.diagnoser.probabilities(batch, model.deployment)
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        return diagnoser.probabilities_of_values(batch, model.deployment)
 
     results = list(pool.map(probabilities, batches) if pool else map(probabilities, batches))
-    return diagnoses_frame(np.concatenate(results))
+    return np.concatenate(results)
+
+
+def diagnoses_table(ids: np.ndarray, probabilities: np.ndarray) -> pa.Table:
+    """The prediction columns as Arrow: what ``diagnoses_frame`` with the ids in front gives,
+    without the pandas round trip (text ids are made spreadsheet-safe as there)."""
+    if ids.dtype.kind in "iuf":
+        id_column = pa.array(ids)
+    else:
+        frame = spreadsheet_safe(pd.DataFrame({SAMPLE_ID: ids}))
+        id_column = pa.Table.from_pandas(frame, preserve_index=False).column(0)
+    labels = np.asarray(FAULT_CLASSES)[probabilities.argmax(axis=1)]
+    columns = [id_column, pa.array(labels), pa.array(probabilities.max(axis=1).astype(np.float64))]
+    wide = probabilities.astype(np.float64)
+    columns += [pa.array(wide[:, j]) for j in range(wide.shape[1])]
+    return pa.table(columns, names=list(PREDICTION_COLUMNS))
 
 
 @dataclass
@@ -466,17 +541,18 @@ def _score_loop(
             bad_out.write(checked.bad.set_column(0, "row", rows))
             tally.bad_rows += checked.bad.num_rows
         clock = time.perf_counter()
-        diagnoses = diagnose_rows(model, checked.features, pool)
+        values = checked.values(model.diagnoser.kpi_positions)
+        probabilities = diagnose_rows(model, values, pool)
         stages["diagnosis (preprocessing + network)"] += time.perf_counter() - clock
         clock = time.perf_counter()
         ids = checked.ids if checked.ids is not None else checked.positions + offset
-        diagnoses.insert(0, SAMPLE_ID, ids)
-        out.write(pa.Table.from_pandas(spreadsheet_safe(diagnoses), preserve_index=False))
+        diagnoses = diagnoses_table(ids, probabilities)
+        out.write(diagnoses)
         stages["writing"] += time.perf_counter() - clock
         tally.class_counts += np.bincount(
-            diagnoses["predicted_label"].to_numpy(), minlength=len(FAULT_CLASSES)
+            diagnoses.column("predicted_label").to_numpy(), minlength=len(FAULT_CLASSES)
         )[: len(FAULT_CLASSES)]
-        tally.rows += len(diagnoses)
+        tally.rows += diagnoses.num_rows
         tally.rows_seen += chunk.rows
         tally.empty_rows += checked.empty_rows
         tally.chunks += 1
