@@ -66,6 +66,10 @@ class TrainingSettings(_Section):
     ensemble_size: int = Field(1, ge=1, description="MLPs from consecutive seeds, averaged")
     class_weighted: bool = True
     label_smoothing: float = Field(0.05, ge=0, lt=1)
+    # Share of each training target taken from a random forest's out-of-bag probabilities
+    # (knowledge distillation; the forest is used only while training). 0 = labels only.
+    distill_weight: float = Field(0.5, ge=0, lt=1)
+    teacher_trees: int = Field(300, ge=10)
     seed: int = 42
     validation_fraction: float = Field(0.15, gt=0, lt=0.5)
     evaluation_fraction: float = Field(0.15, gt=0, lt=0.5)

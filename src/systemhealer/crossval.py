@@ -72,6 +72,7 @@ def cross_validate(
         result = train_ensemble(
             prepared.training_inputs(settings.training), labels[train],
             prepared.inputs(validation), labels[validation], settings.training, show_progress=False,
+            targets=prepared.training_targets(settings.training),
         )  # fmt: skip
         diagnoser = FaultDiagnoser(preprocessor, result.network)  # type: ignore[arg-type]
         predicted = diagnoser.diagnose(features.iloc[held_out])["predicted_label"].to_numpy()

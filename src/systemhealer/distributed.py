@@ -95,6 +95,7 @@ def train_network_ddp(
     settings: TrainingSettings | None,
     on_epoch: EpochCallback | None = None,
     show_progress: bool = True,
+    targets: np.ndarray | None = None,
 ) -> TrainingResult:
     """``train_network`` across the process group. Rank 0 passes the data; the other ranks
     pass None (see :func:`follow`) and get everything from rank 0."""
@@ -108,6 +109,8 @@ def train_network_ddp(
         torch.set_num_threads(settings.torch_threads)
     n_inputs = _broadcast_object(x_val.shape[1] if x_val is not None else None)
     labels = _broadcast_array(y_train, torch.int64)
+    soft = _broadcast_object(targets is not None if rank == 0 else None)
+    loss_targets = _broadcast_array(targets, torch.float32) if soft else labels
     rng = seed_everything(settings.seed)
     sample = None
     if rank == 0:
@@ -149,9 +152,11 @@ def train_network_ddp(
             shard = batch[rank::world]
             # This rank's share of the batch's weighted mean: the all-reduce (a mean over
             # ranks) then gives the single-process gradient of the whole batch.
-            denominator = weights[labels[batch]].sum() if weights is not None else len(batch)
+            # (with probability targets torch's mean divides by the batch size, weights or not)
+            weighted = weights is not None and not soft
+            denominator = weights[labels[batch]].sum() if weighted else len(batch)
             optimiser.zero_grad()
-            shard_sum = shard_loss(model(xt[shard]), labels[shard])
+            shard_sum = shard_loss(model(xt[shard]), loss_targets[shard])
             (shard_sum / denominator * world).backward()
             optimiser.step()
             if scheduler is not None:

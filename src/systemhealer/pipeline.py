@@ -66,6 +66,7 @@ def fit_model(
         settings.training,
         on_epoch=log_epoch,
         show_progress=show_progress,
+        targets=prepared.training_targets(settings.training),
     )
 
 
