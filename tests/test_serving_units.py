@@ -155,6 +155,24 @@ def test_guard_checks_type_and_size_before_the_app() -> None:
     assert client.post("/upload", files={"file": ("a.csv", b"1" * 2000)}).status_code == 413
 
 
+def test_guard_fast_route_answers_or_hands_over() -> None:
+    """A fast route answers after the checks; None or a failure hands the request (body intact)
+    to the app; the checks still come first."""
+
+    async def fast(body: bytes) -> PlainTextResponse | None:
+        if body == b"boom":
+            raise RuntimeError("bug in the fast path")
+        return PlainTextResponse(f"fast {len(body)}") if body.startswith(b"{") else None
+
+    client = _guarded(fast_routes={"/predict": fast}, api_token="t")
+    auth = {"authorization": "Bearer t"}
+    assert client.post("/predict", content=b'{"a":1}', headers=auth).text == "fast 7"
+    assert client.post("/predict", content=b"[1, 2]", headers=auth).text == "6"  # the app
+    assert client.post("/predict", content=b"boom", headers=auth).text == "4"
+    assert client.post("/predict", content=b"{}").status_code == 401
+    assert client.post("/predict", content=b"{" * 101, headers=auth).status_code == 413
+
+
 def test_guard_token_and_readiness_reason() -> None:
     client = _guarded(api_token="s3cret", not_ready=lambda: "no champion yet")
     assert client.post("/predict", json={}).status_code == 401
