@@ -7,6 +7,7 @@ import pytest
 from systemhealer.data import (
     KPI_FEATURES,
     coerce_numeric,
+    collapse_near_copies,
     deduplicate,
     grouped_split,
     read_incidents,
@@ -67,6 +68,16 @@ def test_deduplicate_and_groups(training_frame: pd.DataFrame) -> None:
     assert not features.duplicated().any()
     groups = row_groups(features, ignore=("feature1",))
     assert len(groups) == len(unique)
+
+
+def test_near_copies_count_once_unless_their_labels_differ(training_frame: pd.DataFrame) -> None:
+    base = training_frame[list(KPI_FEATURES)].iloc[:3].reset_index(drop=True)
+    rounding = base.iloc[[0]] * (1 + 1e-7)  # a public copy with float noise
+    config = base.iloc[[0]].assign(feature1=base.feature1.iloc[0] * 10)  # another constant
+    rows = pd.concat([base, rounding, config, base.iloc[[1]]], ignore_index=True)
+    labels = np.array([0, 1, 2, 0, 0, 5])  # the last row repeats row 1 with another label
+    groups = row_groups(rows, ignore=("feature1",))
+    assert collapse_near_copies(groups, labels).tolist() == [0, 1, 2, 5]
 
 
 def test_grouped_split_never_splits_a_group() -> None:

@@ -16,12 +16,17 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from systemhealer.config import Settings
-from systemhealer.data import KPI_FEATURES, LABEL, Split, deduplicate, row_groups
+from systemhealer.data import KPI_FEATURES, LABEL, Split
 from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.evaluation import macro_f1
 from systemhealer.features import KpiPreprocessor
 from systemhealer.shift import balanced_shifted_copies, shift_scores
-from systemhealer.training import PreparedData, grouped_split_of, train_ensemble
+from systemhealer.training import (
+    PreparedData,
+    distinct_incidents,
+    grouped_split_of,
+    train_ensemble,
+)
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,10 @@ def cross_validate(
     on_fold: Callable[[FoldScores], None] | None = None,
 ) -> list[FoldScores]:
     """Train and score the configured model once per fold."""
-    unique = deduplicate(incidents)
+    unique, groups = distinct_incidents(incidents, settings)
     labels = unique[LABEL].to_numpy().astype(np.int64)
     features = unique[list(KPI_FEATURES)]
     config_like = settings.data.config_like_columns
-    groups = row_groups(features, ignore=config_like)
     results = []
     for fold, held_out in enumerate(group_folds(labels, groups, folds, settings.training.seed)):
         started = time.perf_counter()

@@ -179,6 +179,16 @@ def significant(values: np.ndarray, digits: int) -> np.ndarray:
         return np.round(values * scale) / scale
 
 
+def collapse_near_copies(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Positions of the first row of each (near-copy group, label) pair, in file order.
+
+    Copies of one incident that differ only by rounding or a configuration column would count
+    several times in training; one of them is kept (a different label is kept apart).
+    """
+    keys = pd.DataFrame({"group": groups, "label": labels})
+    return np.flatnonzero(~keys.duplicated().to_numpy())
+
+
 def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
     """Drop incidents whose KPI features and label repeat an earlier row."""
     keys = [c for c in (*KPI_FEATURES, LABEL) if c in frame.columns]
