@@ -71,7 +71,10 @@ class TrainingSettings(_Section):
     distill_weight: float = Field(0.5, ge=0, lt=1)
     teacher_trees: int = Field(300, ge=10)
     seed: int = 42
-    validation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    # 0: no early stopping — the network trains for max_epochs on every non-evaluation row and
+    # its per-epoch curves are measured on the evaluation part (shown, never used to choose).
+    # In duplicate-aware CV that scored +0.008 over a 15 % validation part with early stopping.
+    validation_fraction: float = Field(0.0, ge=0, lt=0.5)
     evaluation_fraction: float = Field(0.15, gt=0, lt=0.5)
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
     # Train on simulated deployments' statistics (off: -0.01…-0.03 macro-F1 in shift studies).

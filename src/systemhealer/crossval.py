@@ -68,6 +68,7 @@ def cross_validate(
         started = time.perf_counter()
         rest = np.setdiff1d(np.arange(len(labels)), held_out)
         train, validation = grouped_split_of(rest, labels, groups, settings)
+        monitored = validation if len(validation) else held_out  # curves only, without a part
         split = Split(train=train, validation=validation, evaluation=held_out)
         preprocessor = KpiPreprocessor.fit(
             features.iloc[train], labels[train], settings.preprocessing, config_like
@@ -75,7 +76,7 @@ def cross_validate(
         prepared = PreparedData(unique, labels, split, preprocessor, 0, {})
         result = train_ensemble(
             prepared.training_inputs(settings.training), labels[train],
-            prepared.inputs(validation), labels[validation], settings.training, show_progress=False,
+            prepared.inputs(monitored), labels[monitored], settings.training, show_progress=False,
             targets=prepared.training_targets(settings.training),
         )  # fmt: skip
         diagnoser = FaultDiagnoser(preprocessor, result.network)  # type: ignore[arg-type]

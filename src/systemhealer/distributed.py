@@ -49,6 +49,7 @@ from systemhealer.training import (
     InputSampler,
     TrainingResult,
     class_weights,
+    early_stopping,
     learning_rate_schedule,
     seed_everything,
 )
@@ -171,7 +172,9 @@ def train_network_ddp(
                 status[0] = float(eval_loss_fn(logits, yv))
                 status[1] = macro_f1(y_val, logits.argmax(1).numpy())  # type: ignore[arg-type]
             status[3] = float(not np.isfinite(float(total)))
-            if status[1] > best_score + 1e-4:
+            if not early_stopping(settings):
+                result.best_epoch = epoch
+            elif status[1] > best_score + 1e-4:
                 best_score, best_state, stale, result.best_epoch = (
                     float(status[1]),
                     copy.deepcopy(network.state_dict()),
@@ -204,7 +207,8 @@ def train_network_ddp(
     # Drop the DDP wrapper (and its communication hooks) before the process group goes away.
     del model
     gc.collect()
-    network.load_state_dict(best_state)
+    if early_stopping(settings):
+        network.load_state_dict(best_state)
     network.eval()
     result.seconds = time.perf_counter() - started
     return result

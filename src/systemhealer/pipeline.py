@@ -47,8 +47,9 @@ def fit_model(
     on_epoch: EpochCallback | None = None,
     show_progress: bool = True,
 ) -> TrainingResult:
-    """Train the MLP on the training part, early-stopping on the validation part."""
+    """Train the MLP on the training part (early-stopping on the validation part, if any)."""
     split = prepared.split
+    monitored = split.validation if len(split.validation) else split.evaluation
 
     def log_epoch(record: dict[str, float]) -> None:
         curves = {
@@ -61,8 +62,8 @@ def fit_model(
     return train_ensemble(
         prepared.training_inputs(settings.training),
         prepared.labels[split.train],
-        prepared.inputs(split.validation),
-        prepared.labels[split.validation],
+        prepared.inputs(monitored),
+        prepared.labels[monitored],
         settings.training,
         on_epoch=log_epoch,
         show_progress=show_progress,

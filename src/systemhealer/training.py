@@ -163,6 +163,11 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def early_stopping(settings: TrainingSettings) -> bool:
+    """Whether training keeps its best validation epoch (else: all epochs, the last one)."""
+    return settings.validation_fraction > 0
+
+
 def distillation_targets(
     positions: np.ndarray, labels: np.ndarray, settings: TrainingSettings
 ) -> np.ndarray | None:
@@ -216,7 +221,11 @@ def train_network(
     show_progress: bool = True,
     targets: np.ndarray | None = None,
 ) -> TrainingResult:
-    """Train the MLP with class-weighted loss and early stopping on validation macro-F1.
+    """Train the MLP with class-weighted loss.
+
+    With a validation part (``settings.validation_fraction`` > 0) training stops early and keeps
+    the epoch with the best macro-F1 on ``x_val``; without, it runs ``max_epochs`` and keeps the
+    last, and ``x_val`` only draws the curves.
 
     ``targets`` (rows of class probabilities, see :func:`distillation_targets`) replace the
     one-hot labels in the training loss; the class weights still come from ``y_train``.
@@ -282,7 +291,9 @@ def train_network(
         bar.set_postfix(
             loss=f"{record['train_loss']:.3f}", val_loss=f"{val_loss:.3f}", f1=f"{val_f1:.3f}"
         )
-        if val_f1 > best_score + 1e-4:
+        if not early_stopping(settings):
+            result.best_epoch = epoch
+        elif val_f1 > best_score + 1e-4:
             best_score, best_state, stale, result.best_epoch = (
                 val_f1,
                 copy.deepcopy(network.state_dict()),
@@ -294,7 +305,8 @@ def train_network(
             if stale >= settings.patience:
                 break
     bar.close()
-    network.load_state_dict(best_state)
+    if early_stopping(settings):
+        network.load_state_dict(best_state)
     network.eval()
     result.seconds = time.perf_counter() - started
     return result

@@ -1,0 +1,40 @@
+"""Training loop: early stopping only with a validation part; near-copies never straddle parts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from systemhealer.config import FAULT_CLASSES, TrainingSettings
+from systemhealer.data import grouped_split
+from systemhealer.training import train_network
+
+
+def _noise(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(rows, 8)).astype(np.float32), rng.integers(0, len(FAULT_CLASSES), rows)
+
+
+def test_without_a_validation_part_every_epoch_runs_and_the_last_is_kept() -> None:
+    x, y = _noise(300, 0)
+    settings = TrainingSettings(
+        hidden_sizes=(16,), max_epochs=6, patience=1, validation_fraction=0.0, torch_threads=1
+    )
+    result = train_network(x[:200], y[:200], x[200:], y[200:], settings, show_progress=False)
+    assert len(result.history) == 6 and result.best_epoch == 6
+
+
+def test_with_a_validation_part_training_stops_early_on_noise() -> None:
+    x, y = _noise(300, 1)
+    settings = TrainingSettings(
+        hidden_sizes=(16,), max_epochs=40, patience=2, validation_fraction=0.15, torch_threads=1
+    )
+    result = train_network(x[:200], y[:200], x[200:], y[200:], settings, show_progress=False)
+    assert len(result.history) < 40
+    assert result.best_epoch == len(result.history) - 2
+
+
+def test_a_zero_validation_fraction_gives_an_empty_validation_part() -> None:
+    labels = np.arange(600) % len(FAULT_CLASSES)
+    split = grouped_split(labels, np.arange(600), 0.0, 0.15, seed=3)
+    assert len(split.validation) == 0
+    assert len(split.train) + len(split.evaluation) == 600
