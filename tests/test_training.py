@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from systemhealer.config import FAULT_CLASSES, TrainingSettings
 from systemhealer.data import grouped_split
@@ -38,3 +39,15 @@ def test_a_zero_validation_fraction_gives_an_empty_validation_part() -> None:
     split = grouped_split(labels, np.arange(600), 0.0, 0.15, seed=3)
     assert len(split.validation) == 0
     assert len(split.train) + len(split.evaluation) == 600
+
+
+def test_balanced_macro_f1_weighs_every_class_alike() -> None:
+    from systemhealer.evaluation import balanced_macro_f1, macro_f1
+
+    y = np.array([0, 1, 2] * 20)
+    rng = np.random.default_rng(2)
+    pred = np.where(rng.random(60) < 0.7, y, rng.integers(0, 3, 60))
+    assert balanced_macro_f1(y, pred) == pytest.approx(macro_f1(y, pred))  # balanced already
+    skewed_y = np.concatenate([y, np.zeros(120, dtype=int)])  # class 0 five times as common
+    skewed_pred = np.concatenate([pred, np.zeros(120, dtype=int)])  # ... and always right
+    assert macro_f1(skewed_y, skewed_pred) > balanced_macro_f1(skewed_y, skewed_pred)

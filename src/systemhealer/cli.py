@@ -109,7 +109,9 @@ def train(
     verdict = "promoted to champion" if outcome["promoted"] else "registered, NOT promoted"
     typer.echo(
         f"model version {outcome['model_version']} {verdict}: {outcome['gate_reason']}\n"
-        f"evaluation macro-F1 {outcome['eval_macro_f1']:.4f}, accuracy {outcome['eval_accuracy']:.4f}; "
+        f"evaluation macro-F1 {outcome['eval_macro_f1']:.4f} "
+        f"({outcome['eval_balanced_macro_f1']:.4f} class-balanced), "
+        f"accuracy {outcome['eval_accuracy']:.4f}; "
         f"simulated other deployments: macro-F1 {outcome['shift_macro_f1']:.4f} calibrated, "
         f"{outcome['shift_uncalibrated_macro_f1']:.4f} uncalibrated\n"
         f"{outcome['epochs']} epochs in {outcome['train_seconds']} s; MLflow run {outcome['run_id']}"
@@ -214,7 +216,8 @@ def crossval(
 
     def show(fold: cv.FoldScores) -> None:
         typer.echo(
-            f"fold {fold.fold}: eval macro-F1 {fold.eval_macro_f1:.4f}, shift {fold.shift_macro_f1:.4f} "
+            f"fold {fold.fold}: eval macro-F1 {fold.eval_macro_f1:.4f} "
+            f"({fold.eval_balanced_macro_f1:.4f} class-balanced), shift {fold.shift_macro_f1:.4f} "
             f"(uncalibrated {fold.shift_uncalibrated_macro_f1:.4f}), {fold.train_seconds:.0f} s"
         )
 

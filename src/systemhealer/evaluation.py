@@ -27,12 +27,21 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
+def balanced_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro-F1 as if every fault class present were equally frequent (rows weighted by
+    1/class count): the score to expect on a deployment with a balanced class mix."""
+    _, inverse, counts = np.unique(y_true, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[inverse]
+    return float(f1_score(y_true, y_pred, average="macro", sample_weight=weights, zero_division=0))
+
+
 @dataclass(frozen=True)
 class EvaluationReport:
     """Scores of one model on one labelled set."""
 
     macro_f1: float
     accuracy: float
+    balanced_macro_f1: float
     per_class: dict[str, dict[str, float]]
     confusion: list[list[int]]
     rows: int
@@ -55,6 +64,7 @@ class EvaluationReport:
         return cls(
             macro_f1=macro_f1(y_true, y_pred),
             accuracy=float(accuracy_score(y_true, y_pred)),
+            balanced_macro_f1=balanced_macro_f1(y_true, y_pred),
             per_class=per_class,
             confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
             rows=len(y_true),
@@ -62,7 +72,11 @@ class EvaluationReport:
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat metrics for MLflow: ``{prefix}_macro_f1``, ``{prefix}_f1_class_3`` …"""
-        flat = {f"{prefix}_macro_f1": self.macro_f1, f"{prefix}_accuracy": self.accuracy}
+        flat = {
+            f"{prefix}_macro_f1": self.macro_f1,
+            f"{prefix}_accuracy": self.accuracy,
+            f"{prefix}_balanced_macro_f1": self.balanced_macro_f1,
+        }
         for c, scores in self.per_class.items():
             flat[f"{prefix}_f1_class_{c}"] = scores["f1"]
         return flat
@@ -71,6 +85,7 @@ class EvaluationReport:
         return {
             "macro_f1": self.macro_f1,
             "accuracy": self.accuracy,
+            "balanced_macro_f1": self.balanced_macro_f1,
             "per_class": self.per_class,
             "confusion": self.confusion,
             "rows": self.rows,

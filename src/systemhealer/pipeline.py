@@ -307,6 +307,7 @@ def summary(
         "model_version": version.version,
         "eval_macro_f1": round(candidate.evaluation.macro_f1, 4),
         "eval_accuracy": round(candidate.evaluation.accuracy, 4),
+        "eval_balanced_macro_f1": round(candidate.evaluation.balanced_macro_f1, 4),
         "shift_macro_f1": round(candidate.scores.shift_macro_f1, 4),
         "shift_uncalibrated_macro_f1": round(candidate.scores.shift_uncalibrated_macro_f1, 4),
         "promoted": decision.promoted,
