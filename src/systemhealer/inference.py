@@ -57,6 +57,7 @@ class FusedNetwork:
         if bins <= 0:
             raise ValueError("the fused first layer needs a thermometer code (ple_bins > 0)")
         self.network, self.columns, self.bins = network, columns, bins
+        network.eval()  # as the dense inference path does (dropout is skipped here in any case)
         self._members: list[FaultMLP] = list(network.members)  # type: ignore[arg-type]
         self._key: tuple[int, ...] | None = None
         self._tables: list[tuple[torch.Tensor, torch.Tensor]] = []
