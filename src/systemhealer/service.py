@@ -212,6 +212,12 @@ class FaultDiagnosisService:
         self, incidents: IncidentListJSON, deployment: DeploymentName = None
     ) -> Response:
         """Diagnose a list of incidents; answers a list of diagnoses in the same order."""
+        return await self.diagnose_many(incidents, deployment)
+
+    async def diagnose_many(
+        self, incidents: list[dict[str, Any]], deployment: str | None
+    ) -> Response:
+        """What ``/predict_batch`` answers (also reached by :func:`_fast_predict_batch`)."""
         try:
             rows = parse_incidents(incidents, self.settings.serving.max_batch_incidents)
             diagnoses = await self.batcher.submit(DiagnosisJob(rows, deployment))
@@ -269,27 +275,49 @@ class FaultDiagnosisService:
         return HTMLResponse(DOCS_PAGE)
 
 
-async def _fast_predict(body: bytes) -> Response | None:
-    """POST /predict without BentoML's per-request machinery, which costs about twice the rest
-    of a single-incident request (measured: input model, serde, signature inspection, metrics).
-    Only the plain well-formed request ``{"incident": {...}, "deployment": null | "name"}`` is
-    answered here, by the same code as :meth:`FaultDiagnosisService.predict`; anything else
-    (malformed JSON, other fields or types) returns None and takes BentoML's route as before."""
+def _plain_request(body: bytes, field: str) -> tuple[Any, str | None] | None:
+    """``(payload[field], deployment)`` of a body of the plain form ``{field: ..., "deployment":
+    null | "name"}``, or None for anything else (left to BentoML, which answers as always)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(payload, dict) or not payload.keys() <= {"incident", "deployment"}:
+    if not isinstance(payload, dict) or not payload.keys() <= {field, "deployment"}:
         return None
-    incident, deployment = payload.get("incident"), payload.get("deployment")
-    if not isinstance(incident, dict) or not (deployment is None or isinstance(deployment, str)):
+    deployment = payload.get("deployment")
+    if not (deployment is None or isinstance(deployment, str)):
         return None
+    return payload.get(field), deployment
+
+
+def _current_service() -> Any:
     try:
-        service = bentoml.get_current_service()
+        return bentoml.get_current_service()
     except bentoml.exceptions.BentoMLException:
         return None
-    diagnose_one = getattr(service, "diagnose_one", None)
-    return None if diagnose_one is None else await diagnose_one(incident, deployment)
+
+
+# /predict and /predict_batch without BentoML's per-request machinery (input model, serde,
+# signature inspection, metrics), which costs about as much CPU as the rest of a single-incident
+# request: a plain well-formed body is answered right after the request guard's checks by the
+# same code as the BentoML API; any other body returns None and takes BentoML's route.
+
+
+async def _fast_predict(body: bytes) -> Response | None:
+    request, service = _plain_request(body, "incident"), _current_service()
+    if request is None or not isinstance(request[0], dict) or service is None:
+        return None
+    return await service.diagnose_one(*request)
+
+
+async def _fast_predict_batch(body: bytes) -> Response | None:
+    request, service = _plain_request(body, "incidents"), _current_service()
+    if request is None or service is None:
+        return None
+    incidents = request[0]
+    if not isinstance(incidents, list) or not all(type(i) is dict for i in incidents):
+        return None
+    return await service.diagnose_many(incidents, request[1])
 
 
 FaultDiagnosisService.add_asgi_middleware(
@@ -300,5 +328,5 @@ FaultDiagnosisService.add_asgi_middleware(
     max_upload_bytes=int(settings.serving.max_upload_mb * 2**20),
     api_token=settings.serving.api_token,
     not_ready=_not_ready,
-    fast_routes={"/predict": _fast_predict},
+    fast_routes={"/predict": _fast_predict, "/predict_batch": _fast_predict_batch},
 )
