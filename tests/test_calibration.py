@@ -23,8 +23,14 @@ def test_calibrate_then_predict_with_the_deployment(
 ) -> None:
     settings = load_settings()
     diagnoser, _ = tracking.load_diagnoser(settings)
-    # Another "deployment": held rows rescaled by large per-feature factors; labels kept to check.
-    rows = training_frame.sample(1200, random_state=5).reset_index(drop=True)
+    # Another "deployment": rows rescaled by large per-feature factors; labels kept to check.
+    # Like the deployments the product is built for, its class mix is near balanced.
+    rows = (
+        training_frame.groupby("label", group_keys=False)
+        .sample(200, random_state=5)
+        .sample(frac=1, random_state=6)
+        .reset_index(drop=True)
+    )
     spec = random_shift(np.random.default_rng(7), tuple(KPI_FEATURES[2:]), ())
     shifted = apply_shift(rows, spec)
     reference, scored = shifted.iloc[:600], shifted.iloc[600:]
