@@ -164,8 +164,18 @@ def test_health_metrics_and_docs(served: Served, http) -> None:
     page = http.get(f"{served.url}/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert http.get(f"{served.url}/predict").status_code == 405  # POST only, not the page
+    answer = http.post(f"{served.url}/predict", json={"incident": {"feature3": 1.0}})
+    assert answer.status_code == 200  # answered on the fast path, counted in /metrics too
     metrics = http.get(f"{served.url}/metrics")
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+    fast = [
+        line
+        for line in metrics.text.splitlines()
+        if line.startswith("systemhealer_fast_request_duration_seconds_count")
+        and 'endpoint="/predict"' in line
+        and 'http_response_code="200"' in line
+    ]
+    assert fast and float(fast[0].rsplit(" ", 1)[1]) >= 1
     docs = http.get(f"{served.url}/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text
     assert "googletagmanager" not in docs.text and "https://" not in docs.text
