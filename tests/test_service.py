@@ -306,6 +306,25 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         400,
         "sample_id",
     ),
+    "huge integer id, BentoML route": (
+        "/predict",
+        {
+            "content": b'{"incident": {"feature0": 1.0, "sample_id": 123456789012345678901234}, '
+            b'"deployment": null, "extra": 1}',
+            "headers": JSON,
+        },
+        400,
+        "sample_id",
+    ),
+    "huge integer id, fast route": (
+        "/predict",
+        {
+            "content": b'{"incident": {"feature0": 1.0, "sample_id": 123456789012345678901234}}',
+            "headers": JSON,
+        },
+        400,
+        "sample_id",
+    ),
     "empty list": ("/predict_batch", {"json": {"incidents": []}}, 400, "empty"),
     "incidents not a list": ("/predict_batch", {"json": {"incidents": {"a": 1}}}, 400, "incidents"),
     "bad row in a batch": (

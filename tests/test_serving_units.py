@@ -56,6 +56,7 @@ def test_incidents_become_rows_with_missing_values_as_nan() -> None:
         ([{"feature0": 1}, {"sample_id": 7}], "incidents[1]: all 107 KPI features are missing"),
         ([{"feature0": 1, "sample_id": 1.5}], "incidents[0].sample_id"),
         ([{"feature0": 1, "sample_id": "x" * 300}], "longer than"),
+        ([{"feature0": 1, "sample_id": 2**70}], "outside the 64-bit range"),
     ],
 )
 def test_bad_incidents_are_named(incidents: object, words: str) -> None:

@@ -130,6 +130,38 @@ def test_chunk_checks_name_bad_rows(tmp_path: Path, incidents: pd.DataFrame) -> 
     assert check_chunk(chunk).bad is None
 
 
+def test_a_missing_id_in_a_later_chunk_stays_missing(
+    tmp_path: Path, incidents: pd.DataFrame
+) -> None:
+    from systemhealer.scoring import diagnoses_table
+
+    frame = incidents.head(6).copy()
+    frame[SAMPLE_ID] = pd.array([10, 11, 12, 13, None, 15], dtype="Int64")
+    frame[KPI_FEATURES[0]] = [np.nan, 1.0, 2.0, 3.0, 4.0, 5.0]
+    path = tmp_path / "ids.csv"
+    frame.to_csv(path, index=False)
+    target = tmp_path / "out.csv"
+    with AtomicTableWriter(target, ["sample_id", "p"]) as writer:
+        for chunk in open_source(path).chunks(3):
+            checked = check_chunk(chunk)
+            table = diagnoses_table(checked.ids, np.full((len(checked.ids), 6), 1 / 6))
+            writer.write(table.select([0, 2]).rename_columns(["sample_id", "p"]))
+        writer.commit()
+    assert pd.read_csv(target)[SAMPLE_ID].tolist()[:4] == [10, 11, 12, 13]
+    assert pd.read_csv(target)[SAMPLE_ID].isna().tolist() == [False] * 4 + [True, False]
+
+
+def test_rows_without_any_kpi_value_are_counted_whether_null_or_nan(tmp_path: Path) -> None:
+    header = ",".join([SAMPLE_ID, *KPI_FEATURES])
+    empty = ",".join(["1", *[""] * len(KPI_FEATURES)])
+    nan = ",".join(["2", *["NAN"] * len(KPI_FEATURES)])
+    full = ",".join(["3", *["1.5"] * len(KPI_FEATURES)])
+    path = tmp_path / "empty.csv"
+    path.write_text("\n".join([header, empty, nan, full]) + "\n")
+    (chunk,) = open_source(path).chunks(10)
+    assert check_chunk(chunk).empty_rows == 2
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -53,7 +53,7 @@ class PreprocessingSettings(_Section):
 class TrainingSettings(_Section):
     """The MLP and its optimisation."""
 
-    hidden_sizes: tuple[int, ...] = (256, 256, 256)
+    hidden_sizes: tuple[int, ...] = Field((256, 256, 256), min_length=1)
     dropout: float = Field(0.4, ge=0, lt=1)
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)

@@ -77,6 +77,10 @@ def _sample_id(incident: Mapping[str, Any], where: str, position: int) -> Any:
         raise IncidentError(
             f"{where}.{SAMPLE_ID}: must be a string or an integer, got {_describe(value)}"
         )
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise IncidentError(
+            f"{where}.{SAMPLE_ID}: integer outside the 64-bit range; send it as a string"
+        )
     if isinstance(value, str) and len(value) > MAX_SAMPLE_ID_CHARS:
         raise IncidentError(
             f"{where}.{SAMPLE_ID}: longer than {MAX_SAMPLE_ID_CHARS} characters ({len(value)})"

@@ -248,13 +248,17 @@ def _check_typed(chunk: RawChunk) -> CheckedChunk | None:
             math.isinf(extremes["min"]) or math.isinf(extremes["max"])
         ):
             return None
-        nulls.append(values.null_count)
+        # A float NaN (Arrow reads "NAN", Parquet may hold it) is missing like a null.
+        nan_count = pc.sum(pc.is_nan(values)).as_py() if pa.types.is_floating(values.type) else 0
+        nulls.append(values.null_count + (nan_count or 0))
     empty_rows = 0
     if min(nulls) > 0:  # only then can a row have no KPI value at all
         missing = np.ones(table.num_rows, dtype=bool)
         for column, count in zip(KPI_FEATURES, nulls, strict=True):
             if count < table.num_rows:
-                missing &= table.column(column).is_null().to_numpy(zero_copy_only=False)
+                missing &= pc.is_null(table.column(column), nan_is_null=True).to_numpy(
+                    zero_copy_only=False
+                )
         empty_rows = int(missing.sum())
     ids = (
         table.column(SAMPLE_ID).to_numpy(zero_copy_only=False)
@@ -442,7 +446,7 @@ def diagnoses_table(ids: np.ndarray, probabilities: np.ndarray) -> pa.Table:
     """The prediction columns as Arrow: what ``diagnoses_frame`` with the ids in front gives,
     without the pandas round trip (text ids are made spreadsheet-safe as there)."""
     if ids.dtype.kind in "iuf":
-        id_column = pa.array(ids)
+        id_column = pa.array(ids, from_pandas=True)  # a missing id (NaN) stays missing
     else:
         frame = spreadsheet_safe(pd.DataFrame({SAMPLE_ID: ids}))
         id_column = pa.Table.from_pandas(frame, preserve_index=False).column(0)

@@ -187,9 +187,10 @@ def distillation_targets(
         n_estimators=settings.teacher_trees, oob_score=True, n_jobs=1, random_state=settings.seed
     ).fit(positions, labels)
     teacher = np.zeros((len(labels), len(FAULT_CLASSES)))
-    oob = forest.oob_decision_function_  # NaN for a row that every tree saw
-    teacher[:, forest.classes_] = np.nan_to_num(oob, nan=0.0)
-    unseen = np.isnan(oob).any(axis=1)
+    # A row that every tree saw has no out-of-bag vote: zeros (NaN in older scikit-learn).
+    oob = np.nan_to_num(forest.oob_decision_function_, nan=0.0)
+    teacher[:, forest.classes_] = oob
+    unseen = ~(oob > 0).any(axis=1)
     one_hot = np.eye(len(FAULT_CLASSES))[labels]
     teacher[unseen] = one_hot[unseen]
     w = settings.distill_weight
