@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.model_selection import train_test_split
 
 from systemhealer.config import FAULT_CLASSES, N_KPI_FEATURES
@@ -275,8 +276,6 @@ _PLAIN_NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 def spreadsheet_safe_text(values: pa.Array) -> pa.Array:
     """:func:`spreadsheet_safe` for one Arrow text column (e.g. the raw cells of bad rows):
     cells starting like a formula get a quote in front; plain numbers stay as they are."""
-    import pyarrow.compute as pc
-
     risky = pc.and_(
         pc.match_substring_regex(values, "^[=+\\-@\t\r]"),
         pc.invert(pc.match_substring_regex(values, _PLAIN_NUMBER)),

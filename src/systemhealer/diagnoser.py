@@ -68,9 +68,7 @@ class FaultDiagnoser:
         NaN = missing): what :meth:`probabilities` runs after selecting the columns."""
         if len(values) == 0:
             return np.zeros((0, len(FAULT_CLASSES)), dtype=np.float32)
-        stats = deployment or self.preprocessor.training
-        if stats.columns != self.preprocessor.columns:
-            raise ValueError(f"deployment '{stats.name}' was measured for other columns")
+        stats = self.preprocessor.statistics(deployment)
         positions = stats.positions(values)
         if self.preprocessor.ple_bins > 0:
             probabilities = self._fused_network().probabilities(positions, stats.rows)

@@ -209,10 +209,14 @@ class KpiPreprocessor:
         self, features: pd.DataFrame, deployment: DeploymentStats | None = None
     ) -> np.ndarray:
         """Raw features → float32 inputs, relative to ``deployment`` (default: training)."""
+        return self.encode(self.raw_values(features), self.statistics(deployment))
+
+    def statistics(self, deployment: DeploymentStats | None = None) -> DeploymentStats:
+        """The reference statistics to read values against (default: the training ones)."""
         stats = deployment or self.training
         if stats.columns != self.columns:
             raise ValueError(f"deployment '{stats.name}' was measured for other columns")
-        return self.encode(self.raw_values(features), stats)
+        return stats
 
     def to_dict(self) -> dict[str, Any]:
         return {

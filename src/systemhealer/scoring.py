@@ -197,13 +197,9 @@ class CheckedChunk:
     def values(self, columns: np.ndarray | None = None) -> np.ndarray:
         """KPI values (float64, NaN = missing) of the rows to score; ``columns`` are indices into
         ``KPI_FEATURES`` (default: all)."""
-        index = np.arange(len(KPI_FEATURES)) if columns is None else np.asarray(columns)
         if isinstance(self.kpis, np.ndarray):
-            return self.kpis[:, index]
-        matrix = np.empty((self.kpis.num_rows, len(index)), dtype=np.float64)
-        for j, k in enumerate(index):
-            matrix[:, j] = self.kpis.column(KPI_FEATURES[k]).to_numpy()
-        return matrix
+            return self.kpis if columns is None else self.kpis[:, columns]
+        return _kpi_matrix(self.kpis, columns)
 
     @property
     def features(self) -> pd.DataFrame:
@@ -211,9 +207,11 @@ class CheckedChunk:
         return pd.DataFrame(self.values(), columns=list(KPI_FEATURES), copy=False)
 
 
-def _kpi_matrix(table: pa.Table) -> np.ndarray:
-    matrix = np.empty((table.num_rows, len(KPI_FEATURES)), dtype=np.float64)
-    for j, column in enumerate(KPI_FEATURES):
+def _kpi_matrix(table: pa.Table, columns: np.ndarray | None = None) -> np.ndarray:
+    """KPI columns of a typed table as a float64 matrix; ``columns`` index ``KPI_FEATURES``."""
+    names = KPI_FEATURES if columns is None else [KPI_FEATURES[k] for k in columns]
+    matrix = np.empty((table.num_rows, len(names)), dtype=np.float64)
+    for j, column in enumerate(names):
         matrix[:, j] = table.column(column).to_numpy()
     return matrix
 

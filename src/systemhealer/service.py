@@ -302,9 +302,7 @@ def _current_service() -> Any:
 # signature inspection, metrics), which costs about as much CPU as the rest of a single-incident
 # request: a plain well-formed body is answered right after the request guard's checks by the
 # same code as the BentoML API; any other body returns None and takes BentoML's route.
-
-
-# Requests answered on the fast path skip BentoML's own request metrics; they are counted here
+# These requests skip BentoML's own request metrics, so they are counted here
 # (``/metrics``: systemhealer_fast_request_duration_seconds_count{endpoint, http_response_code}).
 FAST_REQUEST_SECONDS = bentoml.metrics.Histogram(
     name="systemhealer_fast_request_duration_seconds",

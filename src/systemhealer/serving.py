@@ -242,11 +242,7 @@ def diagnose_jobs(
             continue
         # Straight from the parsed KPI matrix to the model's columns: no frame per pass.
         columns = model.diagnoser.kpi_positions
-        values = (
-            jobs[indices[0]].rows.features[:, columns]
-            if len(indices) == 1
-            else np.concatenate([jobs[i].rows.features[:, columns] for i in indices])
-        )
+        values = np.concatenate([jobs[i].rows.features[:, columns] for i in indices])
         probabilities = model.diagnoser.probabilities_of_values(values, stats)
         start = 0
         for index in indices:
