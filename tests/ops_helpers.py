@@ -80,12 +80,29 @@ def prefect_server(home: Path, **env: str) -> Iterator[str]:
         stop_prefect_server(process)
 
 
+# Answers a Prefect server gives when it is busy (e.g. SQLITE_BUSY under load) and wants the
+# client to retry; Prefect's own client retries these, so the tests' plain HTTP does too.
+_RETRYABLE = {429, 502, 503}
+
+
+class _RetryingTransport(httpx.HTTPTransport):
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(6):
+            response = super().handle_request(request)
+            if response.status_code not in _RETRYABLE or attempt == 5:
+                return response
+            response.close()
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+
 class PrefectAPI:
-    """The few Prefect REST calls the tests need, independent of the session's Prefect client."""
+    """The few Prefect REST calls the tests need, independent of the session's Prefect client.
+    Like Prefect's client, it retries the answers a busy server asks to be retried."""
 
     def __init__(self, api_url: str) -> None:
         self.api = api_url.rstrip("/")
-        self.http = httpx.Client(timeout=30)
+        self.http = httpx.Client(timeout=30, transport=_RetryingTransport())
 
     def deployment(self, flow: str, name: str) -> dict[str, Any]:
         answer = self.http.get(f"{self.api}/deployments/name/{flow}/{name}")
