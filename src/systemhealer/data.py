@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sklearn.model_selection import train_test_split
 
 from systemhealer.config import FAULT_CLASSES, N_KPI_FEATURES
 from systemhealer.errors import DataValidationError
@@ -219,6 +218,8 @@ def grouped_holdout(
     strata = labels[first_row]
     counts = np.bincount(strata)
     stratify = strata if counts[counts > 0].min() >= 2 else None
+    from sklearn.model_selection import train_test_split  # slow to import; only needed here
+
     kept, held = train_test_split(
         np.arange(len(first_row)), test_size=fraction, random_state=seed, stratify=stratify
     )

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
+import multiprocessing
+import multiprocessing.process
 import os
 import tempfile
 import threading
@@ -32,13 +33,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from systemhealer.config import FAULT_CLASSES, DataSettings, Settings
 from systemhealer.data import (
@@ -53,7 +53,6 @@ from systemhealer.data import (
     text_to_numbers,
     write_table,
 )
-from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import DataValidationError, SystemHealerError
 from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
 from systemhealer.streaming import (
@@ -65,6 +64,9 @@ from systemhealer.streaming import (
     open_source,
 )
 from systemhealer.validation import require_valid, validate_frame
+
+if TYPE_CHECKING:  # torch (via the diagnoser) is imported while the first chunks are parsed
+    from systemhealer.diagnoser import FaultDiagnoser
 
 ON_BAD_ROWS = ("fail", "skip")
 BAD_ROWS_SUFFIX = ".bad-rows.csv"
@@ -179,12 +181,11 @@ def score_file(
 class CheckedChunk:
     """A chunk split into rows to score and bad rows with their reasons.
 
-    The rows to score are kept as read: an Arrow table of float64 KPI columns (a chunk parsed
-    typed) or a float64 matrix of the KPI columns; :meth:`values` takes the columns a model
-    needs without building the others.
+    The rows to score are a float64 matrix of the KPI columns (NaN = missing); :meth:`values`
+    takes the columns a model needs.
     """
 
-    kpis: pa.Table | np.ndarray
+    kpis: np.ndarray
     positions: np.ndarray
     ids: np.ndarray | None
     bad: pa.Table | None
@@ -197,9 +198,7 @@ class CheckedChunk:
     def values(self, columns: np.ndarray | None = None) -> np.ndarray:
         """KPI values (float64, NaN = missing) of the rows to score; ``columns`` are indices into
         ``KPI_FEATURES`` (default: all)."""
-        if isinstance(self.kpis, np.ndarray):
-            return self.kpis if columns is None else self.kpis[:, columns]
-        return _kpi_matrix(self.kpis, columns)
+        return self.kpis if columns is None else self.kpis[:, columns]
 
     @property
     def features(self) -> pd.DataFrame:
@@ -207,11 +206,11 @@ class CheckedChunk:
         return pd.DataFrame(self.values(), columns=list(KPI_FEATURES), copy=False)
 
 
-def _kpi_matrix(table: pa.Table, columns: np.ndarray | None = None) -> np.ndarray:
-    """KPI columns of a typed table as a float64 matrix; ``columns`` index ``KPI_FEATURES``."""
-    names = KPI_FEATURES if columns is None else [KPI_FEATURES[k] for k in columns]
-    matrix = np.empty((table.num_rows, len(names)), dtype=np.float64)
-    for j, column in enumerate(names):
+def _kpi_matrix(table: pa.Table) -> np.ndarray:
+    """The KPI columns of a typed table as a float64 matrix (NaN = missing). Column-major, so
+    that filling and reading a column are contiguous."""
+    matrix = np.empty((table.num_rows, len(KPI_FEATURES)), dtype=np.float64, order="F")
+    for j, column in enumerate(KPI_FEATURES):
         matrix[:, j] = table.column(column).to_numpy()
     return matrix
 
@@ -233,37 +232,22 @@ def _bad_table(
 
 
 def _check_typed(chunk: RawChunk) -> CheckedChunk | None:
-    """The usual case, checked column by column in Arrow without building a matrix: a chunk
-    parsed typed whose KPI values are all finite. None if it has an infinite value."""
+    """The usual case, checked in one pass over the KPI matrix: a chunk parsed typed whose KPI
+    values are all finite. None if it has an infinite value (the general path names them)."""
     table = chunk.typed
     if table is None or chunk.ragged:
         return None
-    nulls = []
-    for column in KPI_FEATURES:
-        values = table.column(column)
-        extremes = pc.min_max(values).as_py()
-        if extremes["min"] is not None and (
-            math.isinf(extremes["min"]) or math.isinf(extremes["max"])
-        ):
-            return None
-        # A float NaN (Arrow reads "NAN", Parquet may hold it) is missing like a null.
-        nan_count = pc.sum(pc.is_nan(values)).as_py() if pa.types.is_floating(values.type) else 0
-        nulls.append(values.null_count + (nan_count or 0))
-    empty_rows = 0
-    if min(nulls) > 0:  # only then can a row have no KPI value at all
-        missing = np.ones(table.num_rows, dtype=bool)
-        for column, count in zip(KPI_FEATURES, nulls, strict=True):
-            if count < table.num_rows:
-                missing &= pc.is_null(table.column(column), nan_is_null=True).to_numpy(
-                    zero_copy_only=False
-                )
-        empty_rows = int(missing.sum())
+    matrix = _kpi_matrix(table)
+    if np.isinf(matrix).any():
+        return None
+    # A float NaN (Arrow reads "NAN", Parquet may hold it) is missing like a null.
+    empty_rows = int(np.isnan(matrix).all(axis=1).sum()) if matrix.shape[1] else 0
     ids = (
         table.column(SAMPLE_ID).to_numpy(zero_copy_only=False)
         if SAMPLE_ID in table.column_names
         else None
     )
-    return CheckedChunk(table, chunk.positions, ids, None, empty_rows)
+    return CheckedChunk(matrix, chunk.positions, ids, None, empty_rows)
 
 
 def check_chunk(chunk: RawChunk) -> CheckedChunk:
@@ -349,20 +333,24 @@ def check_chunk(chunk: RawChunk) -> CheckedChunk:
 
 
 class ContractSample:
-    """Run the GX contract on the first rows of a file in a background thread, then check that it
-    agrees with the numpy row checks on those rows (it is the reference they implement)."""
+    """Run the GX contract on the first rows of a file beside the job, then check that it agrees
+    with the numpy row checks on those rows (it is the reference they implement).
+
+    The contract runs in a child process: importing Great Expectations alone costs seconds of
+    CPU, and in a thread it would hold the GIL the scoring loop needs. Where a child process is
+    not allowed (a daemonic worker process), it runs in a thread. :meth:`close` stops it.
+    """
 
     def __init__(self, rows: int, settings: DataSettings, source: str) -> None:
         self.rows, self.settings, self.source = rows, settings, source
-        self._thread: threading.Thread | None = None
-        self._report: Any = None
-        self._error: BaseException | None = None
+        self._worker: threading.Thread | multiprocessing.process.BaseProcess | None = None
+        self._answer: Any = None  # the child's end of the pipe, or the thread's result
         self._expected: Counter[tuple[str, str]] = Counter()
         self._sample_rows = 0
 
     def offer(self, chunk: RawChunk) -> None:
         """Take the sample from the file's first chunk (later calls do nothing)."""
-        if self._thread is not None or self.rows <= 0:
+        if self._worker is not None or self.rows <= 0:
             return
         n = min(self.rows, len(chunk.positions))
         if n == 0:
@@ -375,23 +363,56 @@ class ContractSample:
             sample, frame = RawChunk(positions=chunk.positions[:n], raw=raw), raw
         self._expected = check_chunk(sample).cell_counts
         self._sample_rows = n
-        self._thread = threading.Thread(target=self._validate, args=(frame,), daemon=True)
-        self._thread.start()
+        if multiprocessing.current_process().daemon:
+            self._answer = []
+            self._worker = threading.Thread(
+                target=_contract_job,
+                args=(self._answer.append, frame, self.source, self.settings),
+                daemon=True,
+            )
+        else:
+            context = multiprocessing.get_context("spawn")
+            self._answer, sender = context.Pipe(duplex=False)
+            self._worker = context.Process(
+                target=_contract_job,
+                args=(sender.send, frame, self.source, self.settings),
+                name="systemhealer-contract",
+                daemon=True,
+            )
+        self._worker.start()
 
-    def _validate(self, frame: pd.DataFrame) -> None:
+    def _outcome(self) -> tuple[str, Any]:
+        worker = self._worker
+        if isinstance(worker, threading.Thread):
+            worker.join()
+            return self._answer[0]
         try:
-            self._report, _ = validate_frame(frame, self.source, self.settings, require_label=False)
-        except BaseException as exc:  # reported by result()
-            self._error = exc
+            outcome = self._answer.recv()
+        except EOFError:
+            outcome = None
+        worker.join(timeout=30)  # type: ignore[union-attr]  # it exits once it has answered
+        self.close()
+        if outcome is None:
+            raise SystemHealerError(
+                f"{self.source}: the Great Expectations check of the first rows stopped "
+                f"(exit code {worker.exitcode})"  # type: ignore[union-attr]
+            )
+        return outcome  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop the check if it still runs (a job that failed does not wait for it)."""
+        worker = self._worker
+        if isinstance(worker, multiprocessing.process.BaseProcess) and worker.is_alive():
+            worker.terminate()
+            worker.join(timeout=5)
 
     def result(self) -> dict[str, Any] | None:
         """Wait for the contract; raise if it blocks rows the numpy checks let through."""
-        if self._thread is None:
+        if self._worker is None:
             return None
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        report = self._report
+        kind, report = self._outcome()
+        if kind == "error":
+            raise report
         found: Counter[tuple[str, str]] = Counter()
         for issue in report.errors:
             found[issue.check, issue.column or "*"] += issue.count or 1
@@ -409,14 +430,40 @@ class ContractSample:
         }
 
 
+def _contract_job(
+    answer: Callable[[tuple[str, Any]], None],
+    frame: pd.DataFrame,
+    source: str,
+    settings: DataSettings,
+) -> None:
+    """Validate a sample with the GX contract; answer ("report", report) or ("error", exc)."""
+    try:
+        report, _ = validate_frame(frame, source, settings, require_label=False)
+        outcome: tuple[str, Any] = ("report", report)
+    except Exception as exc:  # handed over to the job
+        outcome = ("error", exc)
+    try:
+        answer(outcome)
+    except Exception:  # an exception that cannot cross the pipe still says what it was
+        answer(("error", SystemHealerError(f"{source}: {outcome[1]}")))
+
+
 # --- scoring chunks -----------------------------------------------------------------------------
 
 # Rows per call of the diagnoser: bounds the preprocessing's temporaries (its encoding expands a
 # row many-fold) whatever the chunk size. Calls run on ``threads`` threads at once: numpy and
 # torch release the GIL, so the cores are shared with the parsing thread.
 SCORE_BATCH_ROWS = 4096
-# Chunks parsed ahead of the one being scored (each costs memory).
-PREFETCH_DEPTH = 2
+# Rows parsed ahead of the chunk being scored: ~90 MB of KPI values at most. Deep enough that
+# the parser keeps a core busy while the model loads (imports and MLflow take seconds).
+PREFETCH_ROWS = 100_000
+
+
+def prefetch_depth(chunk_rows: int) -> int:
+    """Chunks parsed ahead of the one being scored (at least 1; together ``PREFETCH_ROWS``)."""
+    return max(1, PREFETCH_ROWS // max(chunk_rows, 1))
+
+
 DEFAULT_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
@@ -490,6 +537,8 @@ def _score_chunks(
     threads: int = 1,
 ) -> _Tally:
     """Check, score and write chunks; bad rows go to ``bad_out`` (or raise if it is None)."""
+    import torch
+
     tally = _Tally()
     pool = stack_pool = None
     torch_threads = torch.get_num_threads()
@@ -652,7 +701,10 @@ def stream_file(
     started = time.perf_counter()
     contract = ContractSample(settings.scoring.gx_sample_rows, settings.data, str(path))
     with contextlib.ExitStack() as stack:
-        chunks = stack.enter_context(Prefetch(source.chunks(chunk_rows), depth=PREFETCH_DEPTH))
+        chunks = stack.enter_context(
+            Prefetch(source.chunks(chunk_rows), depth=prefetch_depth(chunk_rows))
+        )
+        stack.callback(contract.close)
         out = stack.enter_context(AtomicTableWriter(output, list(PREDICTION_COLUMNS)))
         bad_out = None
         if on_bad_rows == "skip":
@@ -743,6 +795,8 @@ def score_partition(
     chunk_rows = chunk_rows or settings.scoring.chunk_rows
     with contextlib.ExitStack() as stack:
         chunks = stack.enter_context(Prefetch(source.chunks(chunk_rows, partition), depth=1))
+        if contract is not None:
+            stack.callback(contract.close)
         out = stack.enter_context(
             AtomicTableWriter(staging / f"{name}.arrow", list(PREDICTION_COLUMNS), kind="arrow")
         )
