@@ -157,8 +157,9 @@ class ScoringSettings(_Section):
     # Rows parsed and scored at a time: memory grows with it (~4 KB a row at peak), speed
     # hardly does beyond a few thousand.
     chunk_rows: int = Field(5_000, ge=1)
-    # The Great Expectations contract runs on the first rows of each file (it costs ~0.3 s per
-    # call); every chunk gets the same row-level checks in numpy. 0 = numpy checks only.
+    # The Great Expectations contract runs on the first rows of each file, in a child process
+    # beside the job (importing GX costs ~4 s of CPU); every chunk gets the same row-level
+    # checks in numpy. 0 = numpy checks only.
     gx_sample_rows: int = Field(2_000, ge=0)
     # Partitions per file when a job runs on a Dask cluster.
     partitions: int = Field(4, ge=1)

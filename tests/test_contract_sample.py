@@ -1,0 +1,97 @@
+"""The Great Expectations contract on the first rows of a streamed file: it runs in a child
+process (a thread inside daemonic workers), agrees with the numpy row checks, is stopped when a
+job ends early, and a disagreement stops the job."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from systemhealer import scoring
+from systemhealer.config import load_settings
+from systemhealer.data import KPI_FEATURES
+from systemhealer.errors import SystemHealerError
+from systemhealer.streaming import RawChunk, open_source
+from systemhealer.validation import ValidationIssue, ValidationReport
+
+
+@pytest.fixture(scope="module")
+def first_chunk(
+    tmp_path_factory: pytest.TempPathFactory, unlabelled_frame: pd.DataFrame
+) -> RawChunk:
+    """The first chunk of a file with an infinite value and a text cell in its first rows."""
+    frame = unlabelled_frame.head(50).reset_index(drop=True)
+    frame[KPI_FEATURES[3]] = frame[KPI_FEATURES[3]].astype(object)
+    frame.loc[2, KPI_FEATURES[3]] = "broken"
+    frame.loc[5, KPI_FEATURES[7]] = np.inf
+    path = tmp_path_factory.mktemp("contract") / "incidents.csv"
+    frame.to_csv(path, index=False)
+    return next(open_source(path).chunks(100))
+
+
+def run_contract(chunk: RawChunk, rows: int = 40) -> dict:
+    contract = scoring.ContractSample(rows, load_settings().data, "incidents.csv")
+    contract.offer(chunk)
+    result = contract.result()
+    assert result is not None
+    return result
+
+
+def test_the_contract_runs_in_a_child_process_and_agrees_with_the_row_checks(
+    first_chunk: RawChunk,
+) -> None:
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    contract.offer(first_chunk)
+    assert contract._worker is not None and contract._worker.name == "systemhealer-contract"
+    result = contract.result()
+    assert set(result) == {"rows", "blocking_issues", "warnings", "checks_run"}
+    assert result["rows"] == 40
+    assert result["blocking_issues"] == 2  # the text cell and the infinite value
+    assert result["checks_run"] > 100
+    assert not contract._worker.is_alive()
+
+
+def test_inside_a_daemonic_process_the_contract_runs_in_a_thread_with_the_same_result(
+    first_chunk: RawChunk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_child = run_contract(first_chunk)
+    monkeypatch.setattr(
+        scoring.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True)
+    )
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    contract.offer(first_chunk)
+    assert isinstance(contract._worker, scoring.threading.Thread)
+    assert contract.result() == in_child
+
+
+def test_a_disagreement_between_the_contract_and_the_row_checks_stops_the_job(
+    first_chunk: RawChunk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stricter(frame: pd.DataFrame, source: str, settings: object, require_label: bool):  # type: ignore[no-untyped-def]
+        report = ValidationReport(source=source, rows=len(frame), columns=frame.shape[1])
+        report.issues.append(ValidationIssue("range", "too large", True, KPI_FEATURES[0], count=1))
+        return report, frame
+
+    monkeypatch.setattr(
+        scoring.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True)
+    )
+    monkeypatch.setattr(scoring, "validate_frame", stricter)
+    with pytest.raises(SystemHealerError, match="contract and the chunk checks disagree"):
+        run_contract(first_chunk)
+
+
+def test_closing_stops_a_contract_check_still_running(first_chunk: RawChunk) -> None:
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    contract.offer(first_chunk)
+    worker = contract._worker
+    contract.close()  # the job failed: it does not wait for the check
+    assert worker is not None and not worker.is_alive()
+
+
+def test_no_rows_no_check(first_chunk: RawChunk) -> None:
+    contract = scoring.ContractSample(0, load_settings().data, "incidents.csv")
+    contract.offer(first_chunk)
+    assert contract.result() is None
