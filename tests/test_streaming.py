@@ -223,6 +223,29 @@ def test_prefetch_reads_ahead_boundedly_and_hands_over_errors() -> None:
             list(iterator)
 
 
+def test_prefetch_within_a_memory_budget_lets_an_oversized_item_through() -> None:
+    produced: list[int] = []
+
+    def sizes():  # type: ignore[no-untyped-def]
+        for size in (4, 4, 4, 4, 50, 4, 4):
+            produced.append(size)
+            yield size
+
+    with Prefetch(sizes(), budget=10, cost=lambda size: size) as ahead:
+        iterator = iter(ahead)
+        assert next(iterator) == 4
+        threading.Event().wait(0.3)
+        assert len(produced) == 4  # one handed over, two waiting (8 ≤ 10), one held back
+        assert list(iterator) == [4, 4, 4, 50, 4, 4]  # 50 > budget still passes, alone
+
+
+def test_a_chunk_knows_the_memory_it_holds(incidents_csv: Path) -> None:
+    (chunk,) = open_source(incidents_csv).chunks(10_000)
+    assert chunk.nbytes == chunk.typed.nbytes > 300 * len(KPI_FEATURES) * 8 * 0.9
+    text = RawChunk(positions=chunk.positions, raw=chunk.typed.to_pandas().astype(str))
+    assert text.nbytes > chunk.nbytes
+
+
 def test_shard_losses_add_up_to_the_batch_mean() -> None:
     """What DDP training relies on: each rank's share (its weighted, label-smoothed loss sum over
     the batch's weight) adds up to the single-process batch mean, hence the same gradient."""

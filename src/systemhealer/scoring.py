@@ -454,15 +454,10 @@ def _contract_job(
 # row many-fold) whatever the chunk size. Calls run on ``threads`` threads at once: numpy and
 # torch release the GIL, so the cores are shared with the parsing thread.
 SCORE_BATCH_ROWS = 4096
-# Rows parsed ahead of the chunk being scored: ~90 MB of KPI values at most. Deep enough that
-# the parser keeps a core busy while the model loads (imports and MLflow take seconds).
-PREFETCH_ROWS = 100_000
-
-
-def prefetch_depth(chunk_rows: int) -> int:
-    """Chunks parsed ahead of the one being scored (at least 1; together ``PREFETCH_ROWS``)."""
-    return max(1, PREFETCH_ROWS // max(chunk_rows, 1))
-
+# Memory of the chunks parsed ahead of the one being scored: ~70k rows of KPI values, enough
+# that the parser keeps a core busy while the model loads (imports and MLflow take seconds).
+# Chunks parsed as text (bad files) cost ten times more a row and are held back sooner.
+PREFETCH_BYTES = 64 << 20
 
 DEFAULT_THREADS = max(1, min(2, os.cpu_count() or 1))
 
@@ -702,7 +697,7 @@ def stream_file(
     contract = ContractSample(settings.scoring.gx_sample_rows, settings.data, str(path))
     with contextlib.ExitStack() as stack:
         chunks = stack.enter_context(
-            Prefetch(source.chunks(chunk_rows), depth=prefetch_depth(chunk_rows))
+            Prefetch(source.chunks(chunk_rows), budget=PREFETCH_BYTES, cost=lambda c: c.nbytes)
         )
         stack.callback(contract.close)
         out = stack.enter_context(AtomicTableWriter(output, list(PREDICTION_COLUMNS)))

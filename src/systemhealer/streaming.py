@@ -13,15 +13,15 @@ a failed job never leaves a half-written result under the final name.
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import os
-import queue
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -103,6 +103,15 @@ class RawChunk:
     @property
     def rows(self) -> int:
         return len(self.positions) + len(self.ragged)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the parsed rows (text cells of a chunk parsed as text included)."""
+        if self.typed is not None:
+            return self.typed.nbytes
+        if self.raw is not None:
+            return int(self.raw.memory_usage(index=False, deep=True).sum())
+        return 0
 
 
 def check_source_file(path: Path) -> None:
@@ -474,15 +483,27 @@ _DONE = object()
 
 
 class Prefetch(Generic[T]):
-    """Iterate ``source`` in a background thread at most ``depth`` items ahead.
+    """Iterate ``source`` in a background thread, ahead of the consumer within a budget.
 
-    Parsing (pyarrow, which releases the GIL) overlaps with scoring; the bounded queue keeps
-    memory bounded. Exceptions of the source are raised in the consumer.
+    Parsing (pyarrow, which releases the GIL) overlaps with scoring and with loading the model.
+    The items waiting at any time cost at most ``budget`` (by ``cost``, e.g. bytes), or number at
+    most ``depth`` when no budget is given; one item is always let through, whatever it costs.
+    Exceptions of the source are raised in the consumer.
     """
 
-    def __init__(self, source: Iterable[T], depth: int = 2) -> None:
+    def __init__(
+        self,
+        source: Iterable[T],
+        depth: int = 2,
+        budget: int | None = None,
+        cost: Callable[[T], int] | None = None,
+    ) -> None:
         self._source = source
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._budget = budget if budget is not None else depth
+        self._cost = cost if budget is not None and cost is not None else (lambda _: 1)
+        self._items: collections.deque[tuple[object, int]] = collections.deque()
+        self._held = 0
+        self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
         self._started = False
@@ -493,25 +514,29 @@ class Prefetch(Generic[T]):
             self._started = True
             self._thread.start()
 
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _put(self, item: object, cost: int) -> bool:
+        with self._changed:
+            while self._items and self._held + cost > self._budget:
+                if self._stop.is_set():
+                    return False
+                self._changed.wait(timeout=0.1)
+            if self._stop.is_set():
+                return False
+            self._items.append((item, cost))
+            self._held += cost
+            self._changed.notify_all()
+            return True
 
     def _run(self) -> None:
         iterator = iter(self._source)
         try:
             for item in iterator:
-                if not self._put(item):
+                if not self._put(item, self._cost(item)):
                     break
             else:
-                self._put(_DONE)
+                self._put(_DONE, 0)
         except BaseException as exc:  # handed over to the consumer
-            self._put(exc)
+            self._put(exc, 0)
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
@@ -524,7 +549,12 @@ class Prefetch(Generic[T]):
     def __iter__(self) -> Iterator[T]:
         self.start()
         while True:
-            item = self._queue.get()
+            with self._changed:
+                while not self._items:
+                    self._changed.wait()
+                item, cost = self._items.popleft()
+                self._held -= cost
+                self._changed.notify_all()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
@@ -534,6 +564,8 @@ class Prefetch(Generic[T]):
     def close(self) -> None:
         """Stop the background thread (it stops at its next item)."""
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
