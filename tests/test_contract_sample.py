@@ -4,6 +4,9 @@ job ends early, and a disagreement stops the job."""
 
 from __future__ import annotations
 
+import multiprocessing.process
+import os
+import signal
 import types
 
 import numpy as np
@@ -95,3 +98,13 @@ def test_no_rows_no_check(first_chunk: RawChunk) -> None:
     contract = scoring.ContractSample(0, load_settings().data, "incidents.csv")
     contract.offer(first_chunk)
     assert contract.result() is None
+
+
+def test_a_contract_check_that_dies_is_an_error_not_a_pass(first_chunk: RawChunk) -> None:
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    contract.offer(first_chunk)
+    worker = contract._worker
+    assert isinstance(worker, multiprocessing.process.BaseProcess)
+    os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    with pytest.raises(SystemHealerError, match=r"stopped .*exit code -9"):
+        contract.result()

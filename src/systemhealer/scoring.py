@@ -383,21 +383,22 @@ class ContractSample:
 
     def _outcome(self) -> tuple[str, Any]:
         worker = self._worker
+        outcome: tuple[str, Any] | None = None
         if isinstance(worker, threading.Thread):
             worker.join()
-            return self._answer[0]
-        try:
-            outcome = self._answer.recv()
-        except EOFError:
-            outcome = None
-        worker.join(timeout=30)  # type: ignore[union-attr]  # it exits once it has answered
-        self.close()
+            outcome = self._answer[0] if self._answer else None
+            stopped = "its thread ended without an answer"
+        else:
+            with contextlib.suppress(EOFError):
+                outcome = self._answer.recv()
+            worker.join(timeout=30)  # type: ignore[union-attr]  # it exits once it has answered
+            self.close()
+            stopped = f"its process ended with exit code {worker.exitcode}"  # type: ignore[union-attr]
         if outcome is None:
             raise SystemHealerError(
-                f"{self.source}: the Great Expectations check of the first rows stopped "
-                f"(exit code {worker.exitcode})"  # type: ignore[union-attr]
+                f"{self.source}: the Great Expectations check of the first rows stopped ({stopped})"
             )
-        return outcome  # type: ignore[no-any-return]
+        return outcome
 
     def close(self) -> None:
         """Stop the check if it still runs (a job that failed does not wait for it)."""
