@@ -516,3 +516,21 @@ def test_hot_swap_fails_no_request_in_flight(served: Served, unlabelled_frame) -
     assert {status for status, _ in outcomes} == {200}
     assert {version for _, version in outcomes} == {first.version, second.version}
     assert httpx.get(f"{served.url}/model_info").json()["serving"]["model_swaps"] == 3
+
+
+def test_bentoml_builds_the_service_with_our_timeout_middleware() -> None:
+    """Issue 7: BentoML's own request timeout kept a timer per request alive for the whole
+    ``traffic.timeout`` (memory rising with every request); the service module swaps in
+    :class:`AnswerTimeout`, which BentoML must be the one to pick up when it builds the app."""
+    from bentoml._internal.server.base_app import BaseAppFactory
+
+    import systemhealer.service  # noqa: F401  (installs it)
+    from systemhealer.http_guard import AnswerTimeout
+
+    class App(BaseAppFactory):
+        name = "probe"
+
+        def __call__(self) -> Any:
+            raise NotImplementedError
+
+    assert [m.cls for m in App(timeout=600).middlewares] == [AnswerTimeout]

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from systemhealer.data import KPI_FEATURES
 from systemhealer.errors import ModelNotFoundError
-from systemhealer.http_guard import RequestGuard
+from systemhealer.http_guard import AnswerTimeout, RequestGuard
 from systemhealer.incidents import IncidentError, TooManyIncidentsError, parse_incidents
 from systemhealer.serving import ChampionWatcher, MicroBatcher, upload_suffix
 
@@ -195,6 +195,61 @@ def test_guard_survives_a_failing_readiness_check() -> None:
 
     answer = _guarded(not_ready=broken).get("/readyz")
     assert answer.status_code == 503 and "boom" in answer.text
+
+
+def _call(app: object, times: int = 1) -> tuple[list[dict[str, object]], int]:
+    """The messages ``app`` sends for ``times`` GET requests, and the timers still pending in
+    the loop afterwards (asyncio's own loop, whose pending timers are ``_scheduled``)."""
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def run() -> int:
+        for _ in range(times):
+            await app({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)  # type: ignore[operator]
+        loop = asyncio.get_running_loop()
+        return sum(not timer.cancelled() for timer in loop._scheduled)  # type: ignore[attr-defined]
+
+    return sent, asyncio.run(run())
+
+
+async def _hello(scope: object, receive: object, send: object) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": b"hello"})  # type: ignore[operator]
+
+
+def test_answer_timeout_leaves_no_timer_behind() -> None:
+    """Issue 7: BentoML's timeout middleware left each request's timer (and its context) alive
+    for the whole timeout; this one cancels it once answered."""
+    sent, pending = _call(AnswerTimeout(_hello, timeout=600), times=50)  # type: ignore[arg-type]
+    assert [m.get("status") for m in sent[::2]] == [200] * 50
+    assert pending == 0
+
+
+def test_answer_timeout_answers_504_and_stops_the_work() -> None:
+    stopped = []
+
+    async def never_answers(scope: object, receive: object, send: object) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.append(True)
+
+    sent, pending = _call(AnswerTimeout(never_answers, timeout=0.01))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 504 and b"0.01 seconds" in sent[1]["body"]  # type: ignore[operator]
+    assert stopped == [True] and pending == 0
+
+
+def test_answer_timeout_passes_on_an_app_failure() -> None:
+    async def broken(scope: object, receive: object, send: object) -> None:
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError, match="bug"):
+        _call(AnswerTimeout(broken, timeout=600))  # type: ignore[arg-type]
 
 
 # --- the champion watcher ---

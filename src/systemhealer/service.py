@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import bentoml
 import orjson
+from bentoml._internal.server.http import traffic as _bentoml_traffic
 from fastapi import FastAPI, File, Form, UploadFile
 from pydantic import BaseModel, Field, RootModel, WithJsonSchema
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -30,7 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from systemhealer.config import FAULT_CLASSES, load_settings
 from systemhealer.data import KPI_FEATURES, SAMPLE_ID
 from systemhealer.errors import DeploymentNotFoundError, ModelNotFoundError, SystemHealerError
-from systemhealer.http_guard import RequestGuard
+from systemhealer.http_guard import AnswerTimeout, RequestGuard
 from systemhealer.incidents import IncidentError, parse_incidents
 from systemhealer.serving import (
     ChampionWatcher,
@@ -46,6 +47,10 @@ from systemhealer.web import create_app as create_web_app
 
 # BentoML's usage analytics would phone home; nothing here reaches the internet.
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# BentoML's request timeout (traffic.timeout) kept every request's timer alive for the whole
+# timeout, so memory rose with the request count (issue 7): the same middleware, with the timer
+# cancelled once answered. BentoML looks the class up in this module when it builds the app.
+_bentoml_traffic.TimeoutMiddleware = AnswerTimeout  # type: ignore[misc]
 
 settings = load_settings()  # frozen; read once, at import, because the decorators need it
 JSON_ROUTES = ("/predict", "/predict_batch")
