@@ -1,6 +1,6 @@
-"""The Great Expectations contract on the first rows of a streamed file: it runs in a child
-process (a thread inside daemonic workers), agrees with the numpy row checks, is stopped when a
-job ends early, and a disagreement stops the job."""
+"""The Great Expectations contract on the first rows of a streamed file: in a thread, or in a
+child process for one-off jobs (a thread again inside daemonic workers); it agrees with the numpy
+row checks, is stopped when a job ends early, and a disagreement or a dead check stops the job."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def first_chunk(
     return next(open_source(path).chunks(100))
 
 
-def run_contract(chunk: RawChunk, rows: int = 40) -> dict:
-    contract = scoring.ContractSample(rows, load_settings().data, "incidents.csv")
+def run_contract(chunk: RawChunk, in_child: bool = False) -> dict:
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv", in_child)
     contract.offer(chunk)
     result = contract.result()
     assert result is not None
@@ -46,10 +46,13 @@ def run_contract(chunk: RawChunk, rows: int = 40) -> dict:
 def test_the_contract_runs_in_a_child_process_and_agrees_with_the_row_checks(
     first_chunk: RawChunk,
 ) -> None:
-    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv", in_child=True)
     contract.offer(first_chunk)
     assert contract._worker is not None and contract._worker.name == "systemhealer-contract"
+    sample = contract._sample_file
+    assert sample is not None and sample.exists()
     result = contract.result()
+    assert not sample.exists()
     assert set(result) == {"rows", "blocking_issues", "warnings", "checks_run"}
     assert result["rows"] == 40
     assert result["blocking_issues"] == 2  # the text cell and the infinite value
@@ -57,14 +60,18 @@ def test_the_contract_runs_in_a_child_process_and_agrees_with_the_row_checks(
     assert not contract._worker.is_alive()
 
 
-def test_inside_a_daemonic_process_the_contract_runs_in_a_thread_with_the_same_result(
+def test_in_a_thread_by_default_and_inside_daemonic_processes_with_the_same_result(
     first_chunk: RawChunk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    in_child = run_contract(first_chunk)
+    in_child = run_contract(first_chunk, in_child=True)
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    contract.offer(first_chunk)
+    assert isinstance(contract._worker, scoring.threading.Thread)
+    assert contract.result() == in_child
     monkeypatch.setattr(
         scoring.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True)
     )
-    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv", in_child=True)
     contract.offer(first_chunk)
     assert isinstance(contract._worker, scoring.threading.Thread)
     assert contract.result() == in_child
@@ -78,20 +85,18 @@ def test_a_disagreement_between_the_contract_and_the_row_checks_stops_the_job(
         report.issues.append(ValidationIssue("range", "too large", True, KPI_FEATURES[0], count=1))
         return report, frame
 
-    monkeypatch.setattr(
-        scoring.multiprocessing, "current_process", lambda: types.SimpleNamespace(daemon=True)
-    )
     monkeypatch.setattr(scoring, "validate_frame", stricter)
     with pytest.raises(SystemHealerError, match="contract and the chunk checks disagree"):
         run_contract(first_chunk)
 
 
 def test_closing_stops_a_contract_check_still_running(first_chunk: RawChunk) -> None:
-    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv", in_child=True)
     contract.offer(first_chunk)
     worker = contract._worker
     contract.close()  # the job failed: it does not wait for the check
     assert worker is not None and not worker.is_alive()
+    assert not contract._sample_file.exists()  # type: ignore[union-attr]
 
 
 def test_no_rows_no_check(first_chunk: RawChunk) -> None:
@@ -101,7 +106,7 @@ def test_no_rows_no_check(first_chunk: RawChunk) -> None:
 
 
 def test_a_contract_check_that_dies_is_an_error_not_a_pass(first_chunk: RawChunk) -> None:
-    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv", in_child=True)
     contract.offer(first_chunk)
     worker = contract._worker
     assert isinstance(worker, multiprocessing.process.BaseProcess)

@@ -192,7 +192,14 @@ def predict(
     else:
         loader = scoring.model_loader(settings, model_uri, deployment)
         summary = scoring.stream_file(
-            path, output, loader, settings, on_bad_rows, chunk_rows, progress=progress
+            path,
+            output,
+            loader,
+            settings,
+            on_bad_rows,
+            chunk_rows,
+            progress=progress,
+            contract_in_child=True,  # a one-off process: GX is imported beside the job
         )
     if as_json:
         _echo_json(summary.to_dict())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.process
 import os
 import tempfile
@@ -336,15 +337,21 @@ class ContractSample:
     """Run the GX contract on the first rows of a file beside the job, then check that it agrees
     with the numpy row checks on those rows (it is the reference they implement).
 
-    The contract runs in a child process: importing Great Expectations alone costs seconds of
-    CPU, and in a thread it would hold the GIL the scoring loop needs. Where a child process is
-    not allowed (a daemonic worker process), it runs in a thread. :meth:`close` stops it.
+    In a thread by default: a long-lived process (the service) imports Great Expectations once.
+    ``in_child`` runs it in a child process instead, for a one-off job (``systemhealer
+    predict``): importing GX costs seconds of CPU, and in a thread it would hold the GIL the
+    scoring loop needs. Daemonic processes (Dask workers) cannot have children: a thread again.
+    The sample goes to the child in a temporary Arrow file. :meth:`close` stops the check.
     """
 
-    def __init__(self, rows: int, settings: DataSettings, source: str) -> None:
+    def __init__(
+        self, rows: int, settings: DataSettings, source: str, in_child: bool = False
+    ) -> None:
         self.rows, self.settings, self.source = rows, settings, source
+        self.in_child = in_child and not multiprocessing.current_process().daemon
         self._worker: threading.Thread | multiprocessing.process.BaseProcess | None = None
-        self._answer: Any = None  # the child's end of the pipe, or the thread's result
+        self._answer: Any = None  # the parent's end of the child's pipe, or the thread's list
+        self._sample_file: Path | None = None
         self._expected: Counter[tuple[str, str]] = Counter()
         self._sample_rows = 0
 
@@ -363,23 +370,29 @@ class ContractSample:
             sample, frame = RawChunk(positions=chunk.positions[:n], raw=raw), raw
         self._expected = check_chunk(sample).cell_counts
         self._sample_rows = n
-        if multiprocessing.current_process().daemon:
+        if not self.in_child:
             self._answer = []
             self._worker = threading.Thread(
                 target=_contract_job,
                 args=(self._answer.append, frame, self.source, self.settings),
                 daemon=True,
             )
-        else:
-            context = multiprocessing.get_context("spawn")
-            self._answer, sender = context.Pipe(duplex=False)
-            self._worker = context.Process(
-                target=_contract_job,
-                args=(sender.send, frame, self.source, self.settings),
-                name="systemhealer-contract",
-                daemon=True,
-            )
+            self._worker.start()
+            return
+        fd, name = tempfile.mkstemp(prefix="systemhealer-contract-", suffix=".arrow")
+        os.close(fd)
+        self._sample_file = Path(name)
+        frame.to_feather(self._sample_file)
+        context = multiprocessing.get_context("spawn")
+        self._answer, sender = context.Pipe(duplex=False)
+        self._worker = context.Process(
+            target=_contract_child,
+            args=(sender, str(self._sample_file), self.source, self.settings),
+            name="systemhealer-contract",
+            daemon=True,
+        )
         self._worker.start()
+        sender.close()  # the child holds the only writing end: its death ends recv()
 
     def _outcome(self) -> tuple[str, Any]:
         worker = self._worker
@@ -389,11 +402,16 @@ class ContractSample:
             outcome = self._answer[0] if self._answer else None
             stopped = "its thread ended without an answer"
         else:
-            with contextlib.suppress(EOFError):
+            received: BaseException | None = None
+            try:
                 outcome = self._answer.recv()
+            except Exception as exc:  # EOF: the child died; or an answer that does not unpickle
+                received = exc
             worker.join(timeout=30)  # type: ignore[union-attr]  # it exits once it has answered
             self.close()
             stopped = f"its process ended with exit code {worker.exitcode}"  # type: ignore[union-attr]
+            if received is not None and not isinstance(received, EOFError):
+                stopped += f"; its answer could not be read: {received}"
         if outcome is None:
             raise SystemHealerError(
                 f"{self.source}: the Great Expectations check of the first rows stopped ({stopped})"
@@ -406,6 +424,8 @@ class ContractSample:
         if isinstance(worker, multiprocessing.process.BaseProcess) and worker.is_alive():
             worker.terminate()
             worker.join(timeout=5)
+        if self._sample_file is not None:
+            self._sample_file.unlink(missing_ok=True)
 
     def result(self) -> dict[str, Any] | None:
         """Wait for the contract; raise if it blocks rows the numpy checks let through."""
@@ -429,6 +449,14 @@ class ContractSample:
             "warnings": len(report.warnings),
             "checks_run": report.checks_run,
         }
+
+
+def _contract_child(
+    sender: multiprocessing.connection.Connection, sample: str, source: str, settings: DataSettings
+) -> None:
+    """The child process of a :class:`ContractSample`: read the sample, validate, answer."""
+    _contract_job(sender.send, pd.read_feather(sample), source, settings)
+    sender.close()
 
 
 def _contract_job(
@@ -683,19 +711,24 @@ def stream_file(
     chunk_rows: int | None = None,
     progress: bool = False,
     threads: int = DEFAULT_THREADS,
+    contract_in_child: bool = False,
 ) -> ScoringSummary:
     """Score a CSV/Parquet file chunk by chunk into ``output`` (CSV or Parquet by its name).
 
     ``model`` may be a loader: it is then called while the first chunks are being parsed.
     ``on_bad_rows``: ``fail`` stops at the first bad row and writes nothing; ``skip`` scores the
     other rows and writes the bad ones with their reasons to :func:`bad_rows_path`.
+    ``contract_in_child``: run the GX sample check in a child process (see
+    :class:`ContractSample`; for one-off jobs such as ``systemhealer predict``).
     """
     path, output = Path(path), Path(output)
     check_job(path, output, on_bad_rows)
     source = open_source(path)  # the header is checked before anything else happens
     chunk_rows = chunk_rows or settings.scoring.chunk_rows
     started = time.perf_counter()
-    contract = ContractSample(settings.scoring.gx_sample_rows, settings.data, str(path))
+    contract = ContractSample(
+        settings.scoring.gx_sample_rows, settings.data, str(path), in_child=contract_in_child
+    )
     with contextlib.ExitStack() as stack:
         chunks = stack.enter_context(
             Prefetch(source.chunks(chunk_rows), budget=PREFETCH_BYTES, cost=lambda c: c.nbytes)
