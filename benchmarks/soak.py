@@ -70,8 +70,13 @@ class SoakResult:
     unexpected: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
     failures: Counter[str] = field(default_factory=Counter)
     versions_seen: Counter[str] = field(default_factory=Counter)
+    # (seconds since the start, MB) every 5 s: the service's own processes (those running when
+    # the load started: the server and its worker), and all its processes with the short-lived
+    # children of jobs (each CSV upload's GX check is a child process of ~300 MB).
     rss_mb: list[tuple[float, float]] = field(default_factory=list)
+    tree_rss_mb: list[tuple[float, float]] = field(default_factory=list)
     swaps: int = 0
+    warmup_seconds: float = 60.0
 
     @property
     def requests(self) -> int:
@@ -96,6 +101,10 @@ class SoakResult:
     def figures(self) -> dict[str, Any]:
         """JSON-ready figures."""
         rss = [mb for _, mb in self.rss_mb]
+        warm = [mb for t, mb in self.rss_mb if t >= self.warmup_seconds]
+        last = self.rss_mb[-1][0] if self.rss_mb else 0.0
+        # the slope over the last third of the run (at least the last 2 minutes)
+        tail = [(t, mb) for t, mb in self.rss_mb if t >= min(last * 2 / 3, last - 120)]
         return {
             "seconds": round(self.seconds, 1),
             "clients": self.clients,
@@ -120,30 +129,59 @@ class SoakResult:
             "model_versions_answering": dict(self.versions_seen),
             "champion_swaps": self.swaps,
             "rss_mb_before": rss[0] if rss else None,
+            "warmup_seconds": self.warmup_seconds,
+            "rss_mb_after_warmup": warm[0] if warm else None,
             "rss_mb_after": rss[-1] if rss else None,
             "rss_mb_peak": max(rss) if rss else None,
-            "rss_mb_samples": rss,  # every 5 s: growth that levels off is not a leak
+            "rss_slope_mb_per_min_last": slope_mb_per_minute(tail),
+            "rss_slope_window_seconds": round(last - tail[0][0]) if tail else None,
+            "tree_rss_mb_peak": max((mb for _, mb in self.tree_rss_mb), default=None),
+            # every 5 s: growth that levels off is not a leak
+            "rss_mb_samples": [(round(t), mb) for t, mb in self.rss_mb],
         }
 
 
-def process_tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MB (Linux /proc)."""
-    total_kb, pending, seen = 0, [pid], set()
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (Linux /proc)."""
+    found, pending = [], [pid]
     while pending:
         current = pending.pop()
-        if current in seen:
+        if current in found:
             continue
-        seen.add(current)
+        found.append(current)
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
             for task in os.listdir(f"/proc/{current}/task"):
                 children = Path(f"/proc/{current}/task/{task}/children").read_text()
                 pending.extend(int(c) for c in children.split())
         except (FileNotFoundError, ProcessLookupError, ValueError):
             continue
+    return found
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of these processes (those still running), in MB."""
+    total_kb = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
     return round(total_kb / 1024, 1)
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB (Linux /proc)."""
+    return rss_mb(process_tree(pid))
+
+
+def slope_mb_per_minute(samples: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, MB) samples, in MB per minute."""
+    if len(samples) < 3:
+        return None
+    seconds, mb = np.array(samples).T
+    return round(float(np.polyfit(seconds, mb, 1)[0]) * 60, 2)
 
 
 def _multipart(frame: pd.DataFrame) -> bytes:
@@ -290,9 +328,18 @@ def run_soak(
     result = SoakResult(seconds=0.0, clients=clients)
     stop = threading.Event()
 
+    service_pids: list[int] = []
+    measured_from = 0.0
+
+    def record_memory() -> None:
+        assert pid is not None
+        now = time.monotonic() - measured_from
+        result.rss_mb.append((now, rss_mb(service_pids)))
+        result.tree_rss_mb.append((now, process_tree_rss_mb(pid)))
+
     def sample_memory() -> None:
         while not stop.wait(5.0):
-            result.rss_mb.append((time.monotonic(), process_tree_rss_mb(pid)))
+            record_memory()
 
     def swap_champion() -> None:
         from systemhealer import tracking
@@ -308,7 +355,9 @@ def run_soak(
     asyncio.run(_drive(host, port, calls, 2, 3.0, token, SoakResult(0, 2), timeout, seed + 999))
     threads = []
     if pid is not None:
-        result.rss_mb.append((time.monotonic(), process_tree_rss_mb(pid)))
+        service_pids = process_tree(pid)
+        measured_from = time.monotonic()
+        record_memory()
         threads.append(threading.Thread(target=sample_memory, daemon=True))
     if swap is not None:
         threads.append(threading.Thread(target=swap_champion, daemon=True))
@@ -329,7 +378,7 @@ def run_soak(
         tracking.set_champion(settings, versions[0], record=False)
     if pid is not None:
         time.sleep(2.0)  # let in-flight work settle before the last reading
-        result.rss_mb.append((time.monotonic(), process_tree_rss_mb(pid)))
+        record_memory()
     return result
 
 
@@ -425,8 +474,14 @@ def table(figures: dict[str, Any]) -> str:
         f"**{figures['errors']} errors** ({figures['server_errors_5xx']} 5xx), "
         f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms; "
         f"{figures['champion_swaps']} champion swaps, answers by versions "
-        f"{figures['model_versions_answering']}; service memory {figures['rss_mb_before']} MB "
-        f"before → {figures['rss_mb_after']} MB after (peak {figures['rss_mb_peak']} MB)",
+        f"{figures['model_versions_answering']}",
+        "",
+        f"Service memory (server + worker): {figures['rss_mb_before']} MB before, "
+        f"{figures['rss_mb_after_warmup']} MB after {figures['warmup_seconds']:.0f} s of warm-up, "
+        f"{figures['rss_mb_after']} MB at the end (peak {figures['rss_mb_peak']} MB); slope "
+        f"{figures['rss_slope_mb_per_min_last']} MB/min over the last "
+        f"{figures['rss_slope_window_seconds']} s. With the short-lived child processes of jobs "
+        f"(a GX check per CSV upload): peak {figures['tree_rss_mb_peak']} MB.",
         "",
         "| call | requests | p50 ms | p99 ms | statuses |",
         "|---|---|---|---|---|",
