@@ -72,7 +72,7 @@ class SoakResult:
     versions_seen: Counter[str] = field(default_factory=Counter)
     # (seconds since the start, MB) every 5 s: the service's own processes (those running when
     # the load started: the server and its worker), and all its processes with the short-lived
-    # children of jobs (each CSV upload's GX check is a child process of ~300 MB).
+    # children of jobs (e.g. a GX check in a child process, ~300 MB).
     rss_mb: list[tuple[float, float]] = field(default_factory=list)
     tree_rss_mb: list[tuple[float, float]] = field(default_factory=list)
     swaps: int = 0
@@ -481,7 +481,7 @@ def table(figures: dict[str, Any]) -> str:
         f"{figures['rss_mb_after']} MB at the end (peak {figures['rss_mb_peak']} MB); slope "
         f"{figures['rss_slope_mb_per_min_last']} MB/min over the last "
         f"{figures['rss_slope_window_seconds']} s. With the short-lived child processes of jobs "
-        f"(a GX check per CSV upload): peak {figures['tree_rss_mb_peak']} MB.",
+        f"if any: peak {figures['tree_rss_mb_peak']} MB.",
         "",
         "| call | requests | p50 ms | p99 ms | statuses |",
         "|---|---|---|---|---|",
