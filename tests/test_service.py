@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from systemhealer import deployments, tracking
@@ -99,10 +100,15 @@ def served(trained_state: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
             assert answer is not None, log_path.read_text(errors="replace")[-3000:]
             tracking.set_champion(settings, champion.version, record=False)
             wait_ready(url, process, timeout=60)
+            family = psutil.Process(process.pid).children(recursive=True)
+            assert any(os.getsid(p.pid) != process.pid for p in family)  # a worker, own session
             yield Served(url, settings, champion.version, champion.run_id, answer)
         finally:
             stop_service(process)
     assert process.poll() is not None
+    # BentoML's workers run in sessions of their own: none may outlive the service.
+    assert [p for p in family if p.pid != process.pid]
+    assert not [p.pid for p in family if p.is_running()]
 
 
 @pytest.fixture(scope="module")

@@ -111,9 +111,17 @@ def wait_ready(
 
 
 def stop_service(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """Stop a service started by :func:`start_service`: SIGTERM, then SIGKILL, its group."""
+    """Stop a service started by :func:`start_service`: SIGTERM, then SIGKILL, its group, then
+    any of its processes left over (BentoML starts its workers in sessions of their own, so a
+    worker busy with a backlog can outlive the group)."""
+    import psutil  # a BentoML dependency
+
     if process.poll() is not None:
         return
+    try:
+        family = psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        family = []
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -121,11 +129,17 @@ def stop_service(process: subprocess.Popen[bytes], timeout: float = 15.0) -> Non
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
         process.wait(5)
+    left = [p for p in family if p.is_running()]
+    for leftover in left:
+        with contextlib.suppress(psutil.Error):
+            leftover.terminate()
+    _, alive = psutil.wait_procs(left, timeout=5)
+    for leftover in alive:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
 
 
 def run_service(
