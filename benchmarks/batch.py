@@ -32,6 +32,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from benchmarks.serving import state_folder
+from benchmarks.soak import process_tree
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_FILE = REPO / "data" / "fault_kpi_train.csv.gz"
@@ -73,17 +74,6 @@ def build_incidents(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _process_tree(pid: int) -> list[int]:
-    found = [pid]
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                found += [p for child in handle.read().split() for p in _process_tree(int(child))]
-    except OSError:
-        pass
-    return found
-
-
 def _pss_mb(pid: int) -> int:
     """Proportional set size: pages shared between processes (a child forked for a moment
     shares all of its parent's) are split between them, so the sum over a tree is right."""
@@ -108,7 +98,7 @@ def _run(command: list[str], env: dict[str, str]) -> tuple[float, int, int, str]
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
-            tree_peak = max(tree_peak, sum(_pss_mb(p) for p in _process_tree(process.pid)))
+            tree_peak = max(tree_peak, sum(_pss_mb(p) for p in process_tree(process.pid)))
             time.sleep(0.05)
         seconds = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)

@@ -214,7 +214,7 @@ def test_prefetch_reads_ahead_boundedly_and_hands_over_errors() -> None:
             yield i
         raise ValueError("source broke")
 
-    with Prefetch(numbers(), depth=2) as ahead:
+    with Prefetch(numbers(), budget=2) as ahead:
         iterator = iter(ahead)
         assert next(iterator) == 0
         threading.Event().wait(0.3)

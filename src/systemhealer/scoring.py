@@ -485,7 +485,7 @@ def _contract_job(
 SCORE_BATCH_ROWS = 4096
 # Memory of the chunks parsed ahead of the one being scored: ~70k rows of KPI values, enough
 # that the parser keeps a core busy while the model loads (imports and MLflow take seconds).
-# Chunks parsed as text (bad files) cost ten times more a row and are held back sooner.
+# A chunk parsed as text (a bad file) counts what its strings cost, so fewer of them wait.
 PREFETCH_BYTES = 64 << 20
 
 DEFAULT_THREADS = max(1, min(2, os.cpu_count() or 1))
@@ -823,7 +823,7 @@ def score_partition(
     where = f" of partition {partition.index + 1}/{partition.count}"
     chunk_rows = chunk_rows or settings.scoring.chunk_rows
     with contextlib.ExitStack() as stack:
-        chunks = stack.enter_context(Prefetch(source.chunks(chunk_rows, partition), depth=1))
+        chunks = stack.enter_context(Prefetch(source.chunks(chunk_rows, partition), budget=1))
         if contract is not None:
             stack.callback(contract.close)
         out = stack.enter_context(

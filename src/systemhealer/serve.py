@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+import psutil
+
 from systemhealer.config import Settings
 from systemhealer.errors import ConfigError, SystemHealerError
 
@@ -114,8 +116,6 @@ def stop_service(process: subprocess.Popen[bytes], timeout: float = 15.0) -> Non
     """Stop a service started by :func:`start_service`: SIGTERM, then SIGKILL, its group, then
     any of its processes left over (BentoML starts its workers in sessions of their own, so a
     worker busy with a backlog can outlive the group)."""
-    import psutil  # a BentoML dependency
-
     if process.poll() is not None:
         return
     try:

@@ -486,21 +486,17 @@ class Prefetch(Generic[T]):
     """Iterate ``source`` in a background thread, ahead of the consumer within a budget.
 
     Parsing (pyarrow, which releases the GIL) overlaps with scoring and with loading the model.
-    The items waiting at any time cost at most ``budget`` (by ``cost``, e.g. bytes), or number at
-    most ``depth`` when no budget is given; one item is always let through, whatever it costs.
-    Exceptions of the source are raised in the consumer.
+    The items waiting at any time cost at most ``budget`` together (by ``cost``, e.g. bytes; by
+    default each item costs 1, so ``budget`` is a number of items); one item is always let
+    through, whatever it costs. Exceptions of the source are raised in the consumer.
     """
 
     def __init__(
-        self,
-        source: Iterable[T],
-        depth: int = 2,
-        budget: int | None = None,
-        cost: Callable[[T], int] | None = None,
+        self, source: Iterable[T], budget: int = 2, cost: Callable[[T], int] | None = None
     ) -> None:
         self._source = source
-        self._budget = budget if budget is not None else depth
-        self._cost = cost if budget is not None and cost is not None else (lambda _: 1)
+        self._budget = budget
+        self._cost = cost or (lambda _: 1)
         self._items: collections.deque[tuple[object, int]] = collections.deque()
         self._held = 0
         self._changed = threading.Condition()
