@@ -71,6 +71,46 @@ def test_calibrate_then_predict_with_the_deployment(
     assert "site-b: 600 reference incidents" in out
 
 
+def test_a_skewed_deployment_is_read_at_its_estimated_class_mix(
+    trained_state, training_frame: pd.DataFrame
+) -> None:
+    settings = load_settings()
+    diagnoser, _ = tracking.load_diagnoser(settings)
+    # A deployment in other units where 70 % of incidents are class 0 (6 % each other class).
+    counts = {0: 700, 1: 60, 2: 60, 3: 60, 4: 60, 5: 60}
+    rows = pd.concat(
+        [training_frame[training_frame["label"] == c].sample(n, random_state=c, replace=False)
+         for c, n in counts.items()]
+    ).sample(frac=1, random_state=9).reset_index(drop=True)  # fmt: skip
+    shifted = apply_shift(rows, random_shift(np.random.default_rng(8), tuple(KPI_FEATURES[2:]), ()))
+    reference, scored = shifted.iloc[::2], shifted.iloc[1::2]
+    features = scored[list(KPI_FEATURES)].reset_index(drop=True)
+
+    read = deployments.measure(settings, diagnoser, "skewed", reference[list(KPI_FEATURES)])
+    assert read.reference_mix is not None and read.reference_mix.argmax() == 0
+    assert read.reference_mix[0] > 0.45  # a balanced reading would assume 1/6
+    plain = diagnoser.preprocessor.measure_deployment("skewed", reference)
+    # The same incidents in the training deployment's units, read against its reference.
+    pre = diagnoser.preprocessor
+    wanted = pre.training.positions(pre.raw_values(rows.iloc[1::2]))
+    error = {
+        name: np.abs(stats.positions(pre.raw_values(features)) - wanted).mean()
+        for name, stats in (("read at its mix", read), ("read as balanced", plain))
+    }
+    assert error["read at its mix"] < 0.8 * error["read as balanced"], error
+    # So the diagnoses agree more often with those of the same incidents in training units.
+    unshifted = diagnoser.diagnose(rows.iloc[1::2][list(KPI_FEATURES)].reset_index(drop=True))[
+        "predicted_label"
+    ]
+    agreement = {
+        name: (diagnoser.diagnose(features, stats)["predicted_label"] == unshifted).mean()
+        for name, stats in (("read at its mix", read), ("read as balanced", plain))
+    }
+    assert agreement["read at its mix"] > agreement["read as balanced"] + 0.03, agreement
+    # The estimate is what `calibrate` reports.
+    assert deployments.estimate_deployment_mix(diagnoser, reference, read) is read.reference_mix
+
+
 def test_calibrate_refuses_bad_names_and_files(
     trained_state, tmp_path: Path, capsys, monkeypatch
 ) -> None:

@@ -99,3 +99,57 @@ def test_floor_keeps_every_class_possible() -> None:
 
     floored = floor_shares(np.array([0.0, 0.0, 0.35, 0.65, 0.0, 0.0]), 0.02)
     assert np.isclose(floored.sum(), 1) and floored.min() >= 0.018
+
+
+def two_class_incidents(rng: np.random.Generator, counts: tuple[int, int]) -> pd.DataFrame:
+    """One informative KPI: class 0 ~ N(0, 1), class 1 ~ N(3, 1); the rest noise."""
+    labels = np.repeat([0, 1], counts)
+    frame = pd.DataFrame(rng.normal(size=(len(labels), len(KPI_FEATURES))), columns=KPI_FEATURES)
+    frame["feature2"] = rng.normal(3.0 * labels, 1.0)
+    frame["label"] = labels
+    return frame
+
+
+def test_reading_a_window_at_its_class_mix_undoes_the_mix_shift() -> None:
+    rng = np.random.default_rng(0)
+    training = two_class_incidents(rng, (2000, 2000))
+    pre = KpiPreprocessor.fit(
+        training[list(KPI_FEATURES)],
+        training["label"].to_numpy(),
+        PreprocessingSettings(select_top_k=None),
+    )
+    column = pre.columns.index("feature2")
+    # A deployment in other units (×1000) where 80 % of incidents are class 0.
+    window = two_class_incidents(rng, (4000, 1000))
+    window["feature2"] *= 1000.0
+    stats = pre.measure_deployment("site", window)
+    probe = pd.DataFrame(0.0, index=range(1), columns=list(KPI_FEATURES))
+    probe["feature2"] = 1.5  # halfway between the classes, in training units
+    expected = pre.training.positions(pre.raw_values(probe))[0, column]
+    assert abs(expected - 0.5) < 0.03
+    probe["feature2"] *= 1000.0
+    plain = stats.positions(pre.raw_values(probe))[0, column]
+    mixed = pre.for_class_mix(stats, np.array([0.8, 0.2, 0, 0, 0, 0]))
+    read = mixed.positions(pre.raw_values(probe))[0, column]
+    assert abs(plain - expected) > 0.2  # a balanced reading puts it deep in class 1's range
+    assert abs(read - expected) < 0.03
+    np.testing.assert_allclose(mixed.reference_mix, [0.8, 0.2, 0, 0, 0, 0])
+    # Classes absent from training take no share; a balanced reading changes nothing much.
+    assert np.isnan(pre.class_cdfs[2:]).all()
+    balanced = pre.for_class_mix(stats, np.full(6, 1 / 6))
+    np.testing.assert_allclose(balanced.reference_mix, [0.5, 0.5, 0, 0, 0, 0])
+    grid = balanced.positions(pre.raw_values(window))
+    assert np.abs(grid - stats.positions(pre.raw_values(window))).max() < 0.03
+    again = KpiPreprocessor.from_dict(pre.to_dict())
+    np.testing.assert_allclose(again.class_cdfs, pre.class_cdfs, atol=1e-6, equal_nan=True)
+
+
+def test_mix_from_response_recovers_a_class_mix() -> None:
+    from systemhealer.label_shift import mix_from_response
+
+    rng = np.random.default_rng(1)
+    response = rng.dirichlet(np.ones(6), size=6).T * 0.4 + np.eye(6) * 0.6  # columns sum to 1
+    response[:, 5] = np.nan  # a class absent from training
+    true_mix = np.array([0.5, 0.2, 0.1, 0.1, 0.1, 0.0])
+    mean = np.nan_to_num(response) @ true_mix
+    np.testing.assert_allclose(mix_from_response(mean, response), true_mix, atol=1e-6)

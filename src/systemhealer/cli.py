@@ -113,7 +113,8 @@ def train(
         f"({outcome['eval_balanced_macro_f1']:.4f} class-balanced), "
         f"accuracy {outcome['eval_accuracy']:.4f}; "
         f"simulated other deployments: macro-F1 {outcome['shift_macro_f1']:.4f} calibrated, "
-        f"{outcome['shift_uncalibrated_macro_f1']:.4f} uncalibrated\n"
+        f"{outcome['shift_uncalibrated_macro_f1']:.4f} uncalibrated, "
+        f"{outcome['shift_skewed_macro_f1']:.4f} calibrated with a skewed class mix\n"
         f"{outcome['epochs']} epochs in {outcome['train_seconds']} s; MLflow run {outcome['run_id']}"
     )
 
@@ -225,7 +226,8 @@ def crossval(
         typer.echo(
             f"fold {fold.fold}: eval macro-F1 {fold.eval_macro_f1:.4f} "
             f"({fold.eval_balanced_macro_f1:.4f} class-balanced), shift {fold.shift_macro_f1:.4f} "
-            f"(uncalibrated {fold.shift_uncalibrated_macro_f1:.4f}), {fold.train_seconds:.0f} s"
+            f"(uncalibrated {fold.shift_uncalibrated_macro_f1:.4f}, skewed mix "
+            f"{fold.shift_skewed_macro_f1:.4f}), {fold.train_seconds:.0f} s"
         )
 
     typer.echo(cv.summary_table(cv.cross_validate(frame, settings, folds, on_fold=show)))
@@ -286,8 +288,14 @@ def calibrate(
         typer.echo("no champion yet: the class-mix estimate is shown once a model is trained")
         return
     reference = deployments.load_reference(settings, name)
-    stats = diagnoser.preprocessor.measure_deployment(name, reference)
+    stats = deployments.measure(settings, diagnoser, name, reference)
     mix = deployments.estimate_deployment_mix(diagnoser, reference, stats)
+    method = "model response" if stats.reference_mix is not None else "EM"
+    read = (
+        "statistics read at this mix"
+        if stats.reference_mix is not None
+        else "statistics read as balanced (calibration.read_class_mix off or an older model)"
+    )
     shares = ", ".join(
         f"{c}: {share:.1%}" for c, share in zip(settings.serving.class_names, mix, strict=True)
     )
@@ -297,7 +305,8 @@ def calibrate(
         else "not applied (calibration.correct_label_shift)"
     )
     typer.echo(
-        f"estimated class mix (champion v{version.version if version else '?'}, EM): {shares}; correction {applied}"
+        f"estimated class mix (champion v{version.version if version else '?'}, {method}): "
+        f"{shares}; {read}; probability correction {applied}"
     )
 
 

@@ -94,6 +94,11 @@ class CalibrationSettings(_Section):
 
     min_reference_rows: int = Field(20, ge=2)
     max_reference_rows: int = Field(50_000, ge=10)
+    # Read a deployment's reference window at its estimated class mix (the model's per-class
+    # response, alternated with the statistics until the mix settles) instead of assuming it is
+    # mixed like the class-balanced training reference. Simulated deployments mixed like the
+    # training file: macro-F1 0.66 → 0.77; balanced ones unchanged (docs/calibration.md).
+    read_class_mix: bool = True
     # Re-weight probabilities by the deployment's EM-estimated class mix. Off by default: in
     # shift studies it gained +0.02…0.03 macro-F1 only at skewed mixes, none at balanced ones,
     # and a poorly calibrated model can drive EM to a degenerate mix that costs far more.

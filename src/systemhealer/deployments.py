@@ -138,13 +138,23 @@ def deployment_stats(
     cached = diagnoser.deployment_cache.get(key)
     if cached is None:
         reference = load_reference(settings, name)
-        cached = diagnoser.preprocessor.measure_deployment(name, reference)
+        cached = measure(settings, diagnoser, name, reference)
         if settings.calibration.correct_label_shift:
             cached = replace(
                 cached, class_mix=estimate_deployment_mix(diagnoser, reference, cached)
             )
         diagnoser.deployment_cache[key] = cached
     return cached
+
+
+def measure(
+    settings: Settings, diagnoser: FaultDiagnoser, name: str, reference: pd.DataFrame
+) -> DeploymentStats:
+    """The deployment's statistics from its reference window: read at its estimated class mix
+    (``calibration.read_class_mix``) or as the window is."""
+    if settings.calibration.read_class_mix:
+        return diagnoser.calibrate(name, reference)
+    return diagnoser.preprocessor.measure_deployment(name, reference)
 
 
 def floor_shares(mix: np.ndarray, floor: float) -> np.ndarray:
@@ -157,5 +167,8 @@ def floor_shares(mix: np.ndarray, floor: float) -> np.ndarray:
 def estimate_deployment_mix(
     diagnoser: FaultDiagnoser, reference: pd.DataFrame, stats: DeploymentStats
 ) -> np.ndarray:
-    """EM estimate of a deployment's class mix from the model's view of its reference window."""
+    """A deployment's class mix: the one its statistics were read at if they were (see
+    :meth:`FaultDiagnoser.calibrate`), else EM on the model's view of its reference window."""
+    if stats.reference_mix is not None:
+        return stats.reference_mix
     return estimate_class_mix(diagnoser.probabilities(reference, replace(stats, class_mix=None)))

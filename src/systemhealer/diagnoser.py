@@ -21,7 +21,7 @@ from systemhealer.data import KPI_FEATURES, PROBA_COLUMNS
 from systemhealer.errors import ModelNotFoundError
 from systemhealer.features import DeploymentStats, KpiPreprocessor, encode_positions
 from systemhealer.inference import FusedNetwork
-from systemhealer.label_shift import correct_probabilities
+from systemhealer.label_shift import correct_probabilities, mix_from_response
 from systemhealer.model import FaultEnsemble
 from systemhealer.validation import DataProfile
 
@@ -30,6 +30,8 @@ _NETWORK = "network.pt"
 _META = "model.json"
 # Bumped when the saved form changes; older folders are refused with a clear message.
 FORMAT_VERSION = 2
+# Incidents of a reference window the class-mix estimate averages over (at most).
+MIX_ESTIMATE_ROWS = 10_000
 
 
 @dataclass
@@ -40,6 +42,9 @@ class FaultDiagnoser:
     network: FaultEnsemble
     profile: DataProfile | None = None
     metadata: dict[str, Any] | None = None
+    # Column c: the network's average probabilities over training incidents of fault class c
+    # (NaN for a class absent from training); what class-mix estimation compares against.
+    class_response: np.ndarray | None = None
     # Statistics measured for calibrated deployments, keyed by (name, file version).
     deployment_cache: dict[tuple[str, int], DeploymentStats] = field(
         default_factory=dict, repr=False
@@ -80,6 +85,46 @@ class FaultDiagnoser:
             probabilities = correct_probabilities(probabilities, deployment.class_mix)
         return probabilities
 
+    def calibrate(
+        self, name: str, reference: pd.DataFrame, iterations: int = 10
+    ) -> DeploymentStats:
+        """Statistics of deployment ``name`` from a reference window of its incidents, read at
+        the deployment's estimated class mix.
+
+        The mix and the statistics depend on each other: the model's outputs over the window
+        estimate the mix (:func:`~systemhealer.label_shift.mix_from_response`), and the mix
+        decides how the window's quantiles line up with the training ones
+        (:meth:`KpiPreprocessor.for_class_mix`). Starting from a balanced mix, the two are
+        alternated until the mix settles. Models without per-class statistics get the plain
+        quantiles (a balanced mix assumed).
+        """
+        stats = self.preprocessor.measure_deployment(name, reference)
+        if self.class_response is None or self.preprocessor.class_cdfs is None:
+            return stats
+        values = self.preprocessor.raw_values(reference)
+        if len(values) > MIX_ESTIMATE_ROWS:  # plenty for an average; keeps calibration quick
+            values = values[np.random.default_rng(0).choice(len(values), MIX_ESTIMATE_ROWS, False)]
+        known = ~np.isnan(self.class_response[0])
+        mix = known / known.sum()
+        for _ in range(iterations):
+            read = self.preprocessor.for_class_mix(stats, mix)
+            mean = self.probabilities_of_values(values, read).mean(axis=0)
+            updated = mix_from_response(mean, self.class_response)
+            settled = np.abs(updated - mix).max() < 1e-3
+            mix = updated
+            if settled:
+                break
+        return self.preprocessor.for_class_mix(stats, mix)
+
+    def measure_class_response(self, features: pd.DataFrame, labels: np.ndarray) -> None:
+        """Record the network's average output per fault class over (training) incidents."""
+        probabilities = self.probabilities(features)
+        response = np.full((len(FAULT_CLASSES), len(FAULT_CLASSES)), np.nan)
+        for c in FAULT_CLASSES:
+            if (labels == c).any():
+                response[:, c] = probabilities[labels == c].mean(axis=0)
+        self.class_response = response
+
     def _fused_network(self) -> FusedNetwork:
         fused = self._fused
         if fused is None or fused.network is not self.network:
@@ -113,6 +158,9 @@ class FaultDiagnoser:
             "architecture": self.network.architecture(),
             "profile": self.profile.to_dict() if self.profile else None,
             "metadata": self.metadata or {},
+            "class_response": None
+            if self.class_response is None
+            else [[None if np.isnan(v) else float(v) for v in row] for row in self.class_response],
         }
         (folder / _META).write_text(json.dumps(meta, indent=2))
         return folder
@@ -132,7 +180,14 @@ class FaultDiagnoser:
         network.eval()
         preprocessor = KpiPreprocessor.from_dict(json.loads((folder / _PREPROCESSOR).read_text()))
         profile = DataProfile.from_dict(meta["profile"]) if meta.get("profile") else None
-        return cls(preprocessor, network, profile, meta.get("metadata") or {})
+        response = meta.get("class_response")
+        return cls(
+            preprocessor,
+            network,
+            profile,
+            meta.get("metadata") or {},
+            None if response is None else np.asarray(response, dtype=np.float64),
+        )
 
 
 def diagnoses_frame(probabilities: np.ndarray) -> pd.DataFrame:

@@ -15,7 +15,7 @@ become the deployment's median (u = 0.5). Constant and configuration-like column
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from systemhealer.config import PreprocessingSettings
+from systemhealer.config import FAULT_CLASSES, PreprocessingSettings
 from systemhealer.data import KPI_FEATURES
 
 TRAINING_DEPLOYMENT = "training"
@@ -95,6 +95,8 @@ class DeploymentStats:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     # Estimated class mix of the deployment; when set, probabilities are corrected for it.
     class_mix: np.ndarray | None = None
+    # The class mix the quantile grid was corrected for (see KpiPreprocessor.for_class_mix).
+    reference_mix: np.ndarray | None = None
 
     @classmethod
     def measure(
@@ -136,6 +138,7 @@ class DeploymentStats:
             "rows": self.rows,
             "created_at": self.created_at,
             "class_mix": None if self.class_mix is None else self.class_mix.tolist(),
+            "reference_mix": None if self.reference_mix is None else self.reference_mix.tolist(),
         }
 
     @classmethod
@@ -150,6 +153,9 @@ class DeploymentStats:
             class_mix=None
             if payload.get("class_mix") is None
             else np.asarray(payload["class_mix"]),
+            reference_mix=None
+            if payload.get("reference_mix") is None
+            else np.asarray(payload["reference_mix"]),
         )
 
 
@@ -178,6 +184,10 @@ class KpiPreprocessor:
     columns: tuple[str, ...]
     training: DeploymentStats
     ple_bins: int
+    # F_c(q_k) per fault class c: where the training deployment's class-balanced quantile k of
+    # each column falls in class c's own distribution, shape (classes, quantiles, columns); NaN
+    # for a class absent from training. None for models trained before it existed.
+    class_cdfs: np.ndarray | None = None
 
     @property
     def n_inputs(self) -> int:
@@ -200,7 +210,12 @@ class KpiPreprocessor:
             columns = select_informative_columns(numeric, labels, columns, settings.select_top_k)
         weights = class_balanced_weights(labels) if settings.balance_reference else None
         training = DeploymentStats.measure(TRAINING_DEPLOYMENT, numeric, columns, weights)
-        return cls(columns=columns, training=training, ple_bins=settings.ple_bins)
+        return cls(
+            columns=columns,
+            training=training,
+            ple_bins=settings.ple_bins,
+            class_cdfs=class_cdfs(numeric.reindex(columns=list(columns)), labels, training),
+        )
 
     def raw_values(self, features: pd.DataFrame) -> np.ndarray:
         """The model's columns as a float64 array (NaN for missing)."""
@@ -220,6 +235,29 @@ class KpiPreprocessor:
         """Raw features → float32 inputs, relative to ``deployment`` (default: training)."""
         return self.encode(self.raw_values(features), self.statistics(deployment))
 
+    def for_class_mix(self, stats: DeploymentStats, mix: np.ndarray) -> DeploymentStats:
+        """``stats`` read as a deployment whose incidents are mixed as ``mix``.
+
+        The network learned positions in the class-balanced training distribution F_bal. A
+        deployment mixed as ``mix`` has, in training units, the distribution F_mix = Σ mix_c F_c;
+        its own quantile u is the training value F_mix⁻¹(u), whose position is F_bal(F_mix⁻¹(u)).
+        Equivalently: its quantile grid is re-read at u_k = F_mix(q_k), the share of the mixed
+        deployment below the balanced training quantile k. A balanced mix changes nothing.
+        """
+        if self.class_cdfs is None:
+            raise ValueError("this model was trained without per-class statistics")
+        present = ~np.isnan(self.class_cdfs[:, 0, 0])
+        weights = np.where(present, np.asarray(mix, dtype=np.float64), 0.0)
+        shares = np.tensordot(weights / weights.sum(), np.nan_to_num(self.class_cdfs), axes=1)
+        grid = np.stack(
+            [
+                np.interp(shares[:, j], stats.probs, stats.quantiles[:, j])
+                for j in range(len(self.columns))
+            ],
+            axis=1,
+        )
+        return replace(stats, quantiles=grid, reference_mix=weights / weights.sum())
+
     def statistics(self, deployment: DeploymentStats | None = None) -> DeploymentStats:
         """The reference statistics to read values against (default: the training ones)."""
         stats = deployment or self.training
@@ -232,15 +270,40 @@ class KpiPreprocessor:
             "columns": list(self.columns),
             "training": self.training.to_dict(),
             "ple_bins": self.ple_bins,
+            "class_cdfs": None
+            if self.class_cdfs is None
+            else [None if np.isnan(c[0, 0]) else np.round(c, 6).tolist() for c in self.class_cdfs],
         }
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> KpiPreprocessor:
+        training = DeploymentStats.from_dict(payload["training"])
         return cls(
             columns=tuple(payload["columns"]),
-            training=DeploymentStats.from_dict(payload["training"]),
+            training=training,
             ple_bins=int(payload["ple_bins"]),
+            class_cdfs=_class_cdfs_from_json(payload.get("class_cdfs"), training.quantiles.shape),
         )
+
+
+def class_cdfs(values: pd.DataFrame, labels: np.ndarray, reference: DeploymentStats) -> np.ndarray:
+    """F_c(q_k): the share of fault class c's incidents below each quantile of ``reference``,
+    shape (classes, quantiles, columns); NaN for a class without incidents."""
+    out = np.full((len(FAULT_CLASSES), *reference.quantiles.shape), np.nan)
+    for c in FAULT_CLASSES:
+        rows = labels == c
+        if rows.any():
+            own = DeploymentStats.measure("class", values.loc[rows], reference.columns)
+            out[c] = _cdf(own.quantiles, own.probs, reference.quantiles)
+    return out
+
+
+def _class_cdfs_from_json(
+    payload: list[list[list[float]] | None] | None, shape: tuple[int, ...]
+) -> np.ndarray | None:
+    if payload is None:
+        return None
+    return np.stack([np.full(shape, np.nan) if c is None else np.asarray(c) for c in payload])
 
 
 def select_informative_columns(

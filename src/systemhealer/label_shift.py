@@ -45,3 +45,24 @@ def correct_probabilities(
     )
     weighted = probabilities * (np.asarray(class_mix, dtype=np.float64) / source)
     return (weighted / weighted.sum(axis=1, keepdims=True)).astype(probabilities.dtype)
+
+
+def mix_from_response(mean_probabilities: np.ndarray, response: np.ndarray) -> np.ndarray:
+    """The class mix under which the model's average output would be ``mean_probabilities``.
+
+    ``response[:, c]`` is the model's average probability vector over incidents of class c (from
+    training), so a deployment mixed as π averages ``response @ π``; π is found by least squares
+    on the simplex (a soft form of black-box shift estimation, Lipton et al., 2018). Unlike EM it
+    does not trust the model's confidence, only how its outputs are spread per class. Classes
+    without a response (absent from training) get share 0.
+    """
+    from scipy.optimize import nnls
+
+    known = ~np.isnan(response[0])
+    # The sum-to-one constraint as a heavily weighted extra equation.
+    system = np.vstack([response[:, known], np.full(known.sum(), 10.0)])
+    target = np.concatenate([np.asarray(mean_probabilities, dtype=np.float64), [10.0]])
+    shares, _ = nnls(system, target)
+    mix = np.zeros(response.shape[1])
+    mix[known] = shares / shares.sum() if shares.sum() > 0 else 1.0 / known.sum()
+    return mix

@@ -26,7 +26,7 @@ from systemhealer.evaluation import (
     plot_embedding,
     plot_loss_curves,
 )
-from systemhealer.shift import balanced_shifted_copies, shift_scores
+from systemhealer.shift import shift_scores, shifted_copies
 from systemhealer.training import EpochCallback, PreparedData, TrainingResult, train_ensemble
 from systemhealer.validation import DataProfile, ValidationReport, require_valid, validate_file
 
@@ -78,18 +78,21 @@ class HoldoutScores:
     eval_macro_f1: float
     shift_macro_f1: float
     shift_uncalibrated_macro_f1: float
+    # Calibrated, on shifted copies in the evaluation rows' own skewed class mix.
+    shift_skewed_macro_f1: float
 
 
 def shifted_holdout(
-    prepared: PreparedData, settings: Settings
+    prepared: PreparedData, settings: Settings, balanced: bool = True
 ) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """Shifted, class-balanced copies of the evaluation rows: the same for every model compared."""
+    """Shifted copies of the evaluation rows (class-balanced, or in their own mix): the same
+    for every model compared."""
     part = prepared.split.evaluation
     config_like = settings.data.config_like_columns
     columns = tuple(c for c in KPI_FEATURES if c not in config_like)
-    return balanced_shifted_copies(
+    return shifted_copies(
         prepared.features(part), prepared.labels[part], columns, config_like,
-        settings.evaluation.shift_copies, settings.training.seed,
+        settings.evaluation.shift_copies, settings.training.seed, balanced,
     )  # fmt: skip
 
 
@@ -99,11 +102,14 @@ def holdout_scores(
     """Score a diagnoser on this run's evaluation rows and on their simulated shifts."""
     part = prepared.split.evaluation
     predicted = diagnoser.diagnose(prepared.features(part))["predicted_label"].to_numpy()
-    shifted = shift_scores(diagnoser, shifted_holdout(prepared, settings), settings.training.seed)
+    seed, read_mix = settings.training.seed, settings.calibration.read_class_mix
+    shifted = shift_scores(diagnoser, shifted_holdout(prepared, settings), seed, read_mix)
+    skewed = shift_scores(diagnoser, shifted_holdout(prepared, settings, False), seed, read_mix)
     return HoldoutScores(
         eval_macro_f1=EvaluationReport.score(prepared.labels[part], predicted).macro_f1,
         shift_macro_f1=shifted.calibrated,
         shift_uncalibrated_macro_f1=shifted.uncalibrated,
+        shift_skewed_macro_f1=skewed.calibrated,
     )
 
 
@@ -121,7 +127,10 @@ def build_diagnoser(
 ) -> FaultDiagnoser:
     profile = DataProfile.learn(prepared.features(prepared.split.train))
     metadata = {"fingerprint": prepared.fingerprint, "best_epoch": result.best_epoch}
-    return FaultDiagnoser(prepared.preprocessor, result.network, profile, metadata)
+    diagnoser = FaultDiagnoser(prepared.preprocessor, result.network, profile, metadata)
+    train = prepared.split.train
+    diagnoser.measure_class_response(prepared.features(train), prepared.labels[train])
+    return diagnoser
 
 
 def evaluate_candidate(
@@ -137,6 +146,7 @@ def evaluate_candidate(
     metrics = report.metrics("eval")
     metrics["shift_macro_f1"] = scores.shift_macro_f1
     metrics["shift_uncalibrated_macro_f1"] = scores.shift_uncalibrated_macro_f1
+    metrics["shift_skewed_macro_f1"] = scores.shift_skewed_macro_f1
     metrics["train_seconds"] = result.seconds
     metrics["best_epoch"] = float(result.best_epoch)
     tracking.log_metrics(metrics)
@@ -310,6 +320,7 @@ def summary(
         "eval_balanced_macro_f1": round(candidate.evaluation.balanced_macro_f1, 4),
         "shift_macro_f1": round(candidate.scores.shift_macro_f1, 4),
         "shift_uncalibrated_macro_f1": round(candidate.scores.shift_uncalibrated_macro_f1, 4),
+        "shift_skewed_macro_f1": round(candidate.scores.shift_skewed_macro_f1, 4),
         "promoted": decision.promoted,
         "gate_reason": decision.reason,
         "epochs": len(result.history),

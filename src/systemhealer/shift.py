@@ -121,21 +121,23 @@ class ShiftScores:
     rows: int
 
 
-def balanced_shifted_copies(
+def shifted_copies(
     features: pd.DataFrame,
     labels: np.ndarray,
     columns: tuple[str, ...],
     config_like: tuple[str, ...],
     shifts: int,
     seed: int,
+    balanced: bool = True,
 ) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """``shifts`` shifted, class-balanced copies of held-out rows (the same for every model)."""
+    """``shifts`` shifted copies of held-out rows (the same for every model): class-balanced, or
+    with ``balanced=False`` all rows in their own (skewed) class mix, reshuffled."""
     rng = np.random.default_rng(seed)
     present = np.bincount(labels, minlength=N_CLASSES) > 0
     mix = present / present.sum()
     copies = []
     for _ in range(shifts):
-        rows = resample_class_mix(labels, rng, mix)
+        rows = resample_class_mix(labels, rng, mix) if balanced else rng.permutation(len(labels))
         spec = random_shift(rng, columns, config_like)
         copies.append((apply_shift(features.iloc[rows].reset_index(drop=True), spec), labels[rows]))
     return copies
@@ -145,9 +147,12 @@ def shift_scores(
     diagnoser: object,
     copies: list[tuple[pd.DataFrame, np.ndarray]],
     seed: int,
+    read_class_mix: bool = True,
 ) -> ShiftScores:
     """Score a diagnoser on shifted copies: each copy is split in halves A/B; A calibrates the
-    scoring of B and B of A (never the rows scored). Uncalibrated = training statistics."""
+    scoring of B and B of A (never the rows scored), as ``systemhealer calibrate`` would (with
+    ``read_class_mix``: at the window's estimated class mix). Uncalibrated = training
+    statistics."""
     rng = np.random.default_rng(seed + 1)
     calibrated, uncalibrated, rows = [], [], 0
     for features, labels in copies:
@@ -155,7 +160,12 @@ def shift_scores(
         halves = (order[: len(order) // 2], order[len(order) // 2 :])
         predicted = np.empty(len(labels), dtype=np.int64)
         for reference, scored in (halves, halves[::-1]):
-            stats = diagnoser.preprocessor.measure_deployment("simulated", features.iloc[reference])  # type: ignore[attr-defined]
+            window = features.iloc[reference]
+            stats = (
+                diagnoser.calibrate("simulated", window)  # type: ignore[attr-defined]
+                if read_class_mix
+                else diagnoser.preprocessor.measure_deployment("simulated", window)  # type: ignore[attr-defined]
+            )
             predicted[scored] = diagnoser.diagnose(features.iloc[scored], stats)[
                 "predicted_label"
             ].to_numpy()  # type: ignore[attr-defined]
