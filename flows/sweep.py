@@ -61,6 +61,7 @@ def run_candidate(
                     "eval_macro_f1": scores.eval_macro_f1,
                     "shift_macro_f1": scores.shift_macro_f1,
                     "shift_uncalibrated_macro_f1": scores.shift_uncalibrated_macro_f1,
+                    "shift_skewed_macro_f1": scores.shift_skewed_macro_f1,
                     "train_seconds": seconds,
                 }
             )
@@ -114,7 +115,10 @@ def sweep_flow(
         },
     )
     candidate_scores = pipeline.HoldoutScores(
-        best["eval_macro_f1"], best["shift_macro_f1"], best["shift_uncalibrated_macro_f1"]
+        best["eval_macro_f1"],
+        best["shift_macro_f1"],
+        best["shift_uncalibrated_macro_f1"],
+        best["shift_skewed_macro_f1"],
     )
     champion_version, champion, why_none = pipeline.champion_scores(prepared, settings)
     promoted, reason = pipeline.gate_decision(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,12 @@ def test_a_skewed_deployment_is_read_at_its_estimated_class_mix(
     reference, scored = shifted.iloc[::2], shifted.iloc[1::2]
     features = scored[list(KPI_FEATURES)].reset_index(drop=True)
 
-    read = deployments.measure(settings, diagnoser, "skewed", reference[list(KPI_FEATURES)])
-    assert read.reference_mix is not None and read.reference_mix.argmax() == 0
-    assert read.reference_mix[0] > 0.45  # a balanced reading would assume 1/6
+    measured = deployments.measure(settings, diagnoser, "skewed", reference[list(KPI_FEATURES)])
+    assert measured.reference_mix is not None and measured.reference_mix.argmax() == 0
+    assert measured.reference_mix[0] > 0.45  # a balanced reading would assume 1/6
+    # Probabilities are re-weighted to the estimate (floored so no class becomes impossible).
+    assert measured.class_mix is not None and measured.class_mix.min() >= 0.019
+    read = replace(measured, class_mix=None)  # the reading alone, compared below
     plain = diagnoser.preprocessor.measure_deployment("skewed", reference)
     # The same incidents in the training deployment's units, read against its reference.
     pre = diagnoser.preprocessor
@@ -108,7 +112,8 @@ def test_a_skewed_deployment_is_read_at_its_estimated_class_mix(
     }
     assert agreement["read at its mix"] > agreement["read as balanced"] + 0.03, agreement
     # The estimate is what `calibrate` reports.
-    assert deployments.estimate_deployment_mix(diagnoser, reference, read) is read.reference_mix
+    estimate = deployments.estimate_deployment_mix(diagnoser, reference, measured)
+    assert estimate is measured.reference_mix
 
 
 def test_calibrate_refuses_bad_names_and_files(

@@ -301,8 +301,8 @@ def calibrate(
     )
     applied = (
         "applied"
-        if settings.calibration.correct_label_shift
-        else "not applied (calibration.correct_label_shift)"
+        if stats.class_mix is not None
+        else "not applied (calibration.correct_label_shift, calibration.read_class_mix)"
     )
     typer.echo(
         f"estimated class mix (champion v{version.version if version else '?'}, {method}): "

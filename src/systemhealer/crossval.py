@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
+from systemhealer import deployments
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES, LABEL, Split
 from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.evaluation import balanced_macro_f1, macro_f1
-from systemhealer.features import KpiPreprocessor
+from systemhealer.features import DeploymentStats, KpiPreprocessor
 from systemhealer.shift import shift_scores, shifted_copies
 from systemhealer.training import (
     PreparedData,
@@ -85,12 +86,16 @@ def cross_validate(
         diagnoser.measure_class_response(features.iloc[train], labels[train])
         predicted = diagnoser.diagnose(features.iloc[held_out])["predicted_label"].to_numpy()
         shift_columns = tuple(c for c in KPI_FEATURES if c not in config_like)
-        seed, read_mix = settings.training.seed + fold, settings.calibration.read_class_mix
+        seed = settings.training.seed + fold
+
+        def calibrate(window: pd.DataFrame, model: FaultDiagnoser = diagnoser) -> DeploymentStats:
+            return deployments.measure(settings, model, "simulated", window)
+
         shifted, skewed = (
             shift_scores(diagnoser, shifted_copies(
                 features.iloc[held_out], labels[held_out], shift_columns, config_like,
                 settings.evaluation.shift_copies, seed, balanced,
-            ), seed, read_mix)
+            ), seed, calibrate)
             for balanced in (True, False)
         )  # fmt: skip
         scores = FoldScores(

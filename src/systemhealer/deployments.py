@@ -139,10 +139,6 @@ def deployment_stats(
     if cached is None:
         reference = load_reference(settings, name)
         cached = measure(settings, diagnoser, name, reference)
-        if settings.calibration.correct_label_shift:
-            cached = replace(
-                cached, class_mix=estimate_deployment_mix(diagnoser, reference, cached)
-            )
         diagnoser.deployment_cache[key] = cached
     return cached
 
@@ -151,10 +147,19 @@ def measure(
     settings: Settings, diagnoser: FaultDiagnoser, name: str, reference: pd.DataFrame
 ) -> DeploymentStats:
     """The deployment's statistics from its reference window: read at its estimated class mix
-    (``calibration.read_class_mix``) or as the window is."""
-    if settings.calibration.read_class_mix:
-        return diagnoser.calibrate(name, reference)
-    return diagnoser.preprocessor.measure_deployment(name, reference)
+    (``calibration.read_class_mix``) or as the window is; with
+    ``calibration.correct_label_shift``, probabilities are also re-weighted to that mix (each
+    share floored at ``calibration.min_class_share``). Only that estimate is ever applied; the
+    EM estimate of models without per-class statistics is reported, never applied."""
+    calibration = settings.calibration
+    if calibration.read_class_mix:
+        stats = diagnoser.calibrate(name, reference)
+    else:
+        stats = diagnoser.preprocessor.measure_deployment(name, reference)
+    if calibration.correct_label_shift and stats.reference_mix is not None:
+        mix = floor_shares(stats.reference_mix, calibration.min_class_share)
+        stats = replace(stats, class_mix=mix)
+    return stats
 
 
 def floor_shares(mix: np.ndarray, floor: float) -> np.ndarray:

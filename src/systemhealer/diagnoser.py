@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from systemhealer.data import KPI_FEATURES, PROBA_COLUMNS
 from systemhealer.errors import ModelNotFoundError
 from systemhealer.features import DeploymentStats, KpiPreprocessor, encode_positions
 from systemhealer.inference import FusedNetwork
-from systemhealer.label_shift import correct_probabilities, mix_from_response
+from systemhealer.label_shift import class_response, correct_probabilities, mix_from_response
 from systemhealer.model import FaultEnsemble
 from systemhealer.validation import DataProfile
 
@@ -85,45 +85,14 @@ class FaultDiagnoser:
             probabilities = correct_probabilities(probabilities, deployment.class_mix)
         return probabilities
 
-    def calibrate(
-        self, name: str, reference: pd.DataFrame, iterations: int = 10
-    ) -> DeploymentStats:
+    def calibrate(self, name: str, reference: pd.DataFrame) -> DeploymentStats:
         """Statistics of deployment ``name`` from a reference window of its incidents, read at
-        the deployment's estimated class mix.
-
-        The mix and the statistics depend on each other: the model's outputs over the window
-        estimate the mix (:func:`~systemhealer.label_shift.mix_from_response`), and the mix
-        decides how the window's quantiles line up with the training ones
-        (:meth:`KpiPreprocessor.for_class_mix`). Starting from a balanced mix, the two are
-        alternated until the mix settles. Models without per-class statistics get the plain
-        quantiles (a balanced mix assumed).
-        """
-        stats = self.preprocessor.measure_deployment(name, reference)
-        if self.class_response is None or self.preprocessor.class_cdfs is None:
-            return stats
-        values = self.preprocessor.raw_values(reference)
-        if len(values) > MIX_ESTIMATE_ROWS:  # plenty for an average; keeps calibration quick
-            values = values[np.random.default_rng(0).choice(len(values), MIX_ESTIMATE_ROWS, False)]
-        known = ~np.isnan(self.class_response[0])
-        mix = known / known.sum()
-        for _ in range(iterations):
-            read = self.preprocessor.for_class_mix(stats, mix)
-            mean = self.probabilities_of_values(values, read).mean(axis=0)
-            updated = mix_from_response(mean, self.class_response)
-            settled = np.abs(updated - mix).max() < 1e-3
-            mix = updated
-            if settled:
-                break
-        return self.preprocessor.for_class_mix(stats, mix)
+        the deployment's estimated class mix (see :func:`read_at_class_mix`)."""
+        return read_at_class_mix(self, name, reference)
 
     def measure_class_response(self, features: pd.DataFrame, labels: np.ndarray) -> None:
         """Record the network's average output per fault class over (training) incidents."""
-        probabilities = self.probabilities(features)
-        response = np.full((len(FAULT_CLASSES), len(FAULT_CLASSES)), np.nan)
-        for c in FAULT_CLASSES:
-            if (labels == c).any():
-                response[:, c] = probabilities[labels == c].mean(axis=0)
-        self.class_response = response
+        self.class_response = class_response(self.probabilities(features), labels)
 
     def _fused_network(self) -> FusedNetwork:
         fused = self._fused
@@ -188,6 +157,50 @@ class FaultDiagnoser:
             meta.get("metadata") or {},
             None if response is None else np.asarray(response, dtype=np.float64),
         )
+
+
+class MixAwareModel(Protocol):
+    """What :func:`read_at_class_mix` needs of a model (the MLP, or the sweep's tree baseline)."""
+
+    preprocessor: KpiPreprocessor
+    class_response: np.ndarray | None
+
+    def probabilities(
+        self, features: pd.DataFrame, deployment: DeploymentStats | None = None
+    ) -> np.ndarray: ...
+
+
+def read_at_class_mix(
+    model: MixAwareModel, name: str, reference: pd.DataFrame, iterations: int = 10
+) -> DeploymentStats:
+    """A deployment's statistics from a reference window, read at its estimated class mix.
+
+    The mix and the statistics depend on each other: the model's outputs over the window
+    estimate the mix (:func:`~systemhealer.label_shift.mix_from_response`), and the mix decides
+    how the window's quantiles line up with the training ones
+    (:meth:`KpiPreprocessor.for_class_mix`). Starting from a balanced mix, the two are
+    alternated until the mix settles. A model without per-class statistics gets the plain
+    quantiles (a balanced mix assumed).
+    """
+    pre = model.preprocessor
+    stats = pre.measure_deployment(name, reference)
+    if model.class_response is None or pre.class_cdfs is None:
+        return stats
+    window = reference
+    if len(window) > MIX_ESTIMATE_ROWS:  # plenty for an average; keeps calibration quick
+        rows = np.random.default_rng(0).choice(len(window), MIX_ESTIMATE_ROWS, replace=False)
+        window = window.iloc[np.sort(rows)]
+    known = ~np.isnan(model.class_response[0])
+    mix = known / known.sum()
+    for _ in range(iterations):
+        read = pre.for_class_mix(stats, mix)
+        mean = model.probabilities(window, read).mean(axis=0)
+        updated = mix_from_response(mean, model.class_response)
+        settled = np.abs(updated - mix).max() < 1e-3
+        mix = updated
+        if settled:
+            break
+    return pre.for_class_mix(stats, mix)
 
 
 def diagnoses_frame(probabilities: np.ndarray) -> pd.DataFrame:

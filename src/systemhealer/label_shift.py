@@ -66,3 +66,14 @@ def mix_from_response(mean_probabilities: np.ndarray, response: np.ndarray) -> n
     mix = np.zeros(response.shape[1])
     mix[known] = shares / shares.sum() if shares.sum() > 0 else 1.0 / known.sum()
     return mix
+
+
+def class_response(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Column c: the average probability vector over incidents of fault class c (NaN for a
+    class without incidents); what :func:`mix_from_response` compares against."""
+    k = probabilities.shape[1]
+    response = np.full((k, k), np.nan)
+    for c in range(k):
+        if (labels == c).any():
+            response[:, c] = probabilities[labels == c].mean(axis=0)
+    return response

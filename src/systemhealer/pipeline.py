@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from systemhealer import tracking
+from systemhealer import deployments, tracking
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES
 from systemhealer.diagnoser import FaultDiagnoser
@@ -26,6 +26,7 @@ from systemhealer.evaluation import (
     plot_embedding,
     plot_loss_curves,
 )
+from systemhealer.features import DeploymentStats
 from systemhealer.shift import shift_scores, shifted_copies
 from systemhealer.training import EpochCallback, PreparedData, TrainingResult, train_ensemble
 from systemhealer.validation import DataProfile, ValidationReport, require_valid, validate_file
@@ -102,9 +103,13 @@ def holdout_scores(
     """Score a diagnoser on this run's evaluation rows and on their simulated shifts."""
     part = prepared.split.evaluation
     predicted = diagnoser.diagnose(prepared.features(part))["predicted_label"].to_numpy()
-    seed, read_mix = settings.training.seed, settings.calibration.read_class_mix
-    shifted = shift_scores(diagnoser, shifted_holdout(prepared, settings), seed, read_mix)
-    skewed = shift_scores(diagnoser, shifted_holdout(prepared, settings, False), seed, read_mix)
+    seed = settings.training.seed
+
+    def calibrate(window: pd.DataFrame) -> DeploymentStats:
+        return deployments.measure(settings, diagnoser, "simulated", window)
+
+    shifted = shift_scores(diagnoser, shifted_holdout(prepared, settings), seed, calibrate)
+    skewed = shift_scores(diagnoser, shifted_holdout(prepared, settings, False), seed, calibrate)
     return HoldoutScores(
         eval_macro_f1=EvaluationReport.score(prepared.labels[part], predicted).macro_f1,
         shift_macro_f1=shifted.calibrated,

@@ -7,6 +7,7 @@ configuration constants replaced, and another class mix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,12 +148,12 @@ def shift_scores(
     diagnoser: object,
     copies: list[tuple[pd.DataFrame, np.ndarray]],
     seed: int,
-    read_class_mix: bool = True,
+    calibrate: Callable[[pd.DataFrame], DeploymentStats] | None = None,
 ) -> ShiftScores:
     """Score a diagnoser on shifted copies: each copy is split in halves A/B; A calibrates the
-    scoring of B and B of A (never the rows scored), as ``systemhealer calibrate`` would (with
-    ``read_class_mix``: at the window's estimated class mix). Uncalibrated = training
-    statistics."""
+    scoring of B and B of A (never the rows scored). ``calibrate`` turns a reference window
+    into statistics as the product does (``deployments.measure``); default: plain quantiles.
+    Uncalibrated = training statistics."""
     rng = np.random.default_rng(seed + 1)
     calibrated, uncalibrated, rows = [], [], 0
     for features, labels in copies:
@@ -162,8 +163,8 @@ def shift_scores(
         for reference, scored in (halves, halves[::-1]):
             window = features.iloc[reference]
             stats = (
-                diagnoser.calibrate("simulated", window)  # type: ignore[attr-defined]
-                if read_class_mix
+                calibrate(window)
+                if calibrate
                 else diagnoser.preprocessor.measure_deployment("simulated", window)  # type: ignore[attr-defined]
             )
             predicted[scored] = diagnoser.diagnose(features.iloc[scored], stats)[
