@@ -269,3 +269,31 @@ def test_fault_classes_are_shown_by_their_configured_names(trained_state: Any) -
         version = str(trained_state.summary["model_version"])
         report = client.get(f"/ui/api/models/{version}/report").json()
         assert report["class_names"] == list(names)
+
+
+def test_registering_a_deployment_reports_its_estimated_class_mix(
+    client: TestClient, unlabelled_frame: pd.DataFrame
+) -> None:
+    window = unlabelled_frame.iloc[:400].to_csv(index=False).encode()
+    answer = client.post(
+        "/ui/api/deployments",
+        data={"name": "site-web"},
+        files={"file": ("window.csv", window, "text/csv")},
+    ).json()
+    assert answer["ok"] and answer["deployment"]["rows"] == 400
+    mix = answer["class_mix"]
+    assert len(mix) == 6 and abs(sum(mix) - 1) < 1e-3 and min(mix) >= 0
+    assert "site-web" in {d["name"] for d in client.get("/ui/api/deployments").json()}
+    # The deployment then normalises diagnoses made on the page.
+    row = unlabelled_frame.iloc[500]
+    incident = {k: float(v) for k, v in row.items() if k != "sample_id" and pd.notna(v)}
+    diagnosis = client.post(
+        "/ui/api/diagnose", json={"incident": incident, "deployment": "site-web"}
+    ).json()
+    assert diagnosis["deployment"] == "site-web"
+    bad = client.post(
+        "/ui/api/deployments",
+        data={"name": "../etc"},
+        files={"file": ("window.csv", window, "text/csv")},
+    ).json()
+    assert not bad["ok"] and bad["error"]

@@ -639,7 +639,20 @@ def create_app(
                 info = register_deployment(settings, name, frame, source=shown)
             except SystemHealerError as exc:
                 return {"ok": False, **_error_payload(exc)}
-        return {"ok": True, "deployment": info.to_dict()}
+        return {"ok": True, "deployment": info.to_dict(), "class_mix": _estimated_mix(info.name)}
+
+    def _estimated_mix(name: str) -> list[float] | None:
+        """The champion's estimate of the deployment's class mix (also warms its statistics)."""
+        from systemhealer.deployments import deployment_stats
+
+        try:
+            diagnoser, _ = champion.get()
+        except ModelNotFoundError:
+            return None
+        stats = deployment_stats(settings, diagnoser, name)
+        if stats is None or stats.reference_mix is None:
+            return None
+        return [round(float(share), 4) for share in stats.reference_mix]
 
     return app
 

@@ -194,7 +194,12 @@
       const answer = await SH.api("POST", "/deployments", form);
       if (!answer.ok) { SH.alert(status, "error", answer.error); return; }
       const info = answer.deployment;
-      SH.alert(status, "ok", SH.t("deploy.done", { name: info.name, rows: SH.int(info.rows) }));
+      let message = SH.t("deploy.done", { name: info.name, rows: SH.int(info.rows) });
+      if (answer.class_mix) {
+        const shares = answer.class_mix.map((share, c) => `${SH.cls(c)} ${(100 * share).toFixed(0)}%`).join(", ");
+        message += " " + SH.t("deploy.mix", { shares });
+      }
+      SH.alert(status, "ok", message);
       await loadDeployments(info.name);
     } catch (e) {
       SH.alert(status, "error", e.message);
