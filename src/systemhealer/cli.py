@@ -300,9 +300,9 @@ def calibrate(
         f"{c}: {share:.1%}" for c, share in zip(settings.serving.class_names, mix, strict=True)
     )
     applied = (
-        "applied"
+        f"applied at strength {settings.calibration.label_shift_correction:g}"
         if stats.class_mix is not None
-        else "not applied (calibration.correct_label_shift, calibration.read_class_mix)"
+        else "not applied (calibration.label_shift_correction, calibration.read_class_mix)"
     )
     typer.echo(
         f"estimated class mix (champion v{version.version if version else '?'}, {method}): "

@@ -148,17 +148,21 @@ def measure(
 ) -> DeploymentStats:
     """The deployment's statistics from its reference window: read at its estimated class mix
     (``calibration.read_class_mix``) or as the window is; with
-    ``calibration.correct_label_shift``, probabilities are also re-weighted to that mix (each
-    share floored at ``calibration.min_class_share``). Only that estimate is ever applied; the
-    EM estimate of models without per-class statistics is reported, never applied."""
+    ``calibration.label_shift_correction`` λ > 0, probabilities are also re-weighted towards
+    that mix: to λ·mix + (1−λ)·balanced, each share floored at ``calibration.min_class_share``.
+    Only that estimate is ever applied; the EM estimate of models without per-class statistics
+    is reported, never applied."""
     calibration = settings.calibration
     if calibration.read_class_mix:
         stats = diagnoser.calibrate(name, reference)
     else:
         stats = diagnoser.preprocessor.measure_deployment(name, reference)
-    if calibration.correct_label_shift and stats.reference_mix is not None:
-        mix = floor_shares(stats.reference_mix, calibration.min_class_share)
-        stats = replace(stats, class_mix=mix)
+    strength = calibration.label_shift_correction
+    if strength > 0 and stats.reference_mix is not None:
+        known = stats.reference_mix > 0
+        balanced = known / known.sum()
+        mix = strength * stats.reference_mix + (1 - strength) * balanced
+        stats = replace(stats, class_mix=floor_shares(mix, calibration.min_class_share))
     return stats
 
 
