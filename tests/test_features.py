@@ -153,3 +153,78 @@ def test_mix_from_response_recovers_a_class_mix() -> None:
     true_mix = np.array([0.5, 0.2, 0.1, 0.1, 0.1, 0.0])
     mean = np.nan_to_num(response) @ true_mix
     np.testing.assert_allclose(mix_from_response(mean, response), true_mix, atol=1e-6)
+
+
+INFORMATIVE = ("feature2", "feature3", "feature4")
+
+
+def three_kpi_incidents(rng: np.random.Generator, counts: tuple[int, int]) -> pd.DataFrame:
+    """Three informative KPIs, independent given the class: N(0, 1) for class 0, N(2, 1) for
+    class 1. (With one KPI the mix could not be told from a monotone change of units.)"""
+    labels = np.repeat([0, 1], counts)
+    frame = pd.DataFrame(rng.normal(size=(len(labels), len(KPI_FEATURES))), columns=KPI_FEATURES)
+    for column in INFORMATIVE:
+        frame[column] = rng.normal(2.0 * labels, 1.0)
+    frame["label"] = labels
+    return frame
+
+
+class ExactTwoClassModel:
+    """Bayes posteriors (equal priors) of the data above, read from positions: what
+    ``read_at_class_mix`` needs of a model, with no training noise in the way."""
+
+    def __init__(self, pre: KpiPreprocessor, training: pd.DataFrame) -> None:
+        from systemhealer.label_shift import class_response
+
+        self.preprocessor = pre
+        self.columns = [pre.columns.index(c) for c in INFORMATIVE]
+        self.class_response: np.ndarray | None = None
+        self.class_response = class_response(
+            self.probabilities(training), training["label"].to_numpy()
+        )
+
+    def probabilities(
+        self, features: pd.DataFrame, deployment: DeploymentStats | None = None
+    ) -> np.ndarray:
+        stats = self.preprocessor.statistics(deployment)
+        u = stats.positions(self.preprocessor.raw_values(features))
+        grid = self.preprocessor.training
+        log_odds = np.zeros(len(features))
+        for j in self.columns:  # back to training units, then N(2, 1) against N(0, 1)
+            x = np.interp(u[:, j], grid.probs, grid.quantiles[:, j])
+            log_odds += 2.0 * x - 2.0
+        out = np.zeros((len(features), 6))
+        out[:, 1] = 1 / (1 + np.exp(-log_odds))
+        out[:, 0] = 1 - out[:, 1]
+        return out
+
+
+def test_the_class_mix_estimate_settles_near_the_truth() -> None:
+    from systemhealer.diagnoser import read_at_class_mix
+
+    rng = np.random.default_rng(2)
+    training = three_kpi_incidents(rng, (3000, 3000))
+    pre = KpiPreprocessor.fit(
+        training[list(KPI_FEATURES)],
+        training["label"].to_numpy(),
+        PreprocessingSettings(select_top_k=None),
+    )
+    model = ExactTwoClassModel(pre, training)
+    for counts in ((1500, 1500), (2700, 300), (600, 2400)):
+        window = three_kpi_incidents(rng, counts)
+        for column in INFORMATIVE:  # other units and offsets
+            window[column] = window[column] * 1000.0 + 7.0
+        mix = read_at_class_mix(model, "site", window).reference_mix
+        truth = np.array(counts) / sum(counts)
+        assert np.abs(mix[:2] - truth).max() < 0.06, (counts, mix)
+        assert mix[2:].sum() == 0  # classes absent from training take no share
+
+
+def test_a_balanced_reading_changes_the_training_statistics_very_little(
+    small_training_frame: pd.DataFrame,
+) -> None:
+    pre = fitted(small_training_frame)
+    values = pre.raw_values(small_training_frame)
+    balanced = pre.for_class_mix(pre.training, np.full(6, 1 / 6))
+    assert np.abs(balanced.positions(values) - pre.training.positions(values)).max() < 0.01
+    assert (np.diff(balanced.quantiles, axis=0) >= 0).all()

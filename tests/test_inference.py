@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,3 +92,38 @@ def test_diagnoser_paths_agree(small_training_frame: pd.DataFrame) -> None:
     # Row by row as the service does: the same numbers as the whole batch.
     one_by_one = np.concatenate([diagnoser.probabilities(features.iloc[[i]]) for i in range(20)])
     np.testing.assert_allclose(one_by_one, from_frame[:20], atol=1e-6, rtol=0)
+
+
+def test_per_class_statistics_survive_save_and_load(
+    small_training_frame: pd.DataFrame, tmp_path
+) -> None:
+    """class_response / class_cdfs / class_observed round-trip, a class absent from training
+    included; a model saved without them still loads and calibrates with plain quantiles."""
+    frame = small_training_frame[small_training_frame["label"] != 5]  # class 5 absent
+    features, labels = frame[list(KPI_FEATURES)], frame["label"].to_numpy()
+    preprocessor = KpiPreprocessor.fit(features, labels, PreprocessingSettings())
+    torch.manual_seed(0)
+    network = FaultEnsemble([FaultMLP(preprocessor.n_inputs, (16,), 6, 0.1)]).eval()
+    diagnoser = FaultDiagnoser(preprocessor, network)
+    diagnoser.measure_class_response(features, labels)
+    assert np.isnan(diagnoser.class_response[:, 5]).all()
+    assert (
+        np.isnan(preprocessor.class_cdfs[5]).all() and (preprocessor.class_observed[5] == 0).all()
+    )
+    again = FaultDiagnoser.load(diagnoser.save(tmp_path / "model"))
+    np.testing.assert_allclose(again.class_response, diagnoser.class_response, equal_nan=True)
+    np.testing.assert_allclose(
+        again.preprocessor.class_cdfs, preprocessor.class_cdfs, atol=1e-6, equal_nan=True
+    )
+    np.testing.assert_allclose(
+        again.preprocessor.class_observed, preprocessor.class_observed, atol=1e-6
+    )
+    read = again.calibrate("site", features.iloc[:300])
+    assert read.reference_mix is not None and read.reference_mix[5] == 0
+    # An older model: no per-class statistics → the window's own quantiles, no mix.
+    older = FaultDiagnoser(replace(preprocessor, class_cdfs=None, class_observed=None), network)
+    plain = older.calibrate("site", features.iloc[:300])
+    assert plain.reference_mix is None and plain.class_mix is None
+    np.testing.assert_array_equal(
+        plain.quantiles, preprocessor.measure_deployment("site", features.iloc[:300]).quantiles
+    )

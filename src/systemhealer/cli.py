@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -294,19 +295,22 @@ def calibrate(
     read = (
         "statistics read at this mix"
         if stats.reference_mix is not None
-        else "statistics read as balanced (calibration.read_class_mix off or an older model)"
+        else "statistics read as they are (calibration.read_class_mix off, an older model, or "
+        "too few incidents with values)"
     )
-    shares = ", ".join(
-        f"{c}: {share:.1%}" for c, share in zip(settings.serving.class_names, mix, strict=True)
-    )
+
+    def shares(values: Sequence[float]) -> str:
+        names = settings.serving.class_names
+        return ", ".join(f"{c}: {s:.1%}" for c, s in zip(names, values, strict=True))
+
     applied = (
-        f"applied at strength {settings.calibration.label_shift_correction:g}"
+        f"probabilities re-weighted towards {shares(stats.class_mix)}"
         if stats.class_mix is not None
-        else "not applied (calibration.label_shift_correction, calibration.read_class_mix)"
+        else "probabilities not re-weighted (calibration.label_shift_correction)"
     )
     typer.echo(
         f"estimated class mix (champion v{version.version if version else '?'}, {method}): "
-        f"{shares}; {read}; probability correction {applied}"
+        f"{shares(mix)}; {read}; {applied}"
     )
 
 

@@ -8,6 +8,7 @@ including a future champion, measures its own statistics from them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -22,9 +23,11 @@ import pandas as pd
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES, feature_matrix
 from systemhealer.diagnoser import FaultDiagnoser
-from systemhealer.errors import DataValidationError, DeploymentNotFoundError
+from systemhealer.errors import DataValidationError, DeploymentNotFoundError, SystemHealerError
 from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
 from systemhealer.label_shift import estimate_class_mix
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -143,23 +146,37 @@ def deployment_stats(
     return cached
 
 
+def warm_deployments(settings: Settings, diagnoser: FaultDiagnoser) -> None:
+    """Compute (and cache on ``diagnoser``) the statistics of every calibrated deployment."""
+    for info in list_deployments(settings):
+        try:
+            deployment_stats(settings, diagnoser, info.name)
+        except (SystemHealerError, OSError, ValueError) as exc:  # a request will report it
+            log.warning("deployment %r not prepared: %s", info.name, exc)
+
+
 def measure(
     settings: Settings, diagnoser: FaultDiagnoser, name: str, reference: pd.DataFrame
 ) -> DeploymentStats:
     """The deployment's statistics from its reference window: read at its estimated class mix
     (``calibration.read_class_mix``) or as the window is; with
     ``calibration.label_shift_correction`` λ > 0, probabilities are also re-weighted towards
-    that mix: to λ·mix + (1−λ)·balanced, each share floored at ``calibration.min_class_share``.
-    Only that estimate is ever applied; the EM estimate of models without per-class statistics
-    is reported, never applied."""
+    that mix: to s·mix + (1−s)·balanced with s = λ·n/(n+100) for a window of n incidents, each
+    share floored at ``calibration.min_class_share``. A window with fewer than
+    ``calibration.min_reference_rows`` incidents that have a value in the model's columns is
+    read as it is, without either. Only this estimate is ever applied; the EM estimate of
+    models without per-class statistics is reported, never applied."""
     calibration = settings.calibration
-    if calibration.read_class_mix:
-        stats = diagnoser.calibrate(name, reference)
-    else:
-        stats = diagnoser.preprocessor.measure_deployment(name, reference)
-    strength = calibration.label_shift_correction
-    if strength > 0 and stats.reference_mix is not None:
-        known = stats.reference_mix > 0
+    # Incidents with a value in at least one of the model's columns: what the estimate rests on.
+    values = diagnoser.preprocessor.raw_values(reference)
+    informative = int((~np.isnan(values)).any(axis=1).sum())
+    if not calibration.read_class_mix or informative < calibration.min_reference_rows:
+        return diagnoser.preprocessor.measure_deployment(name, reference)
+    stats = diagnoser.calibrate(name, reference)
+    # Trust the estimate less on small windows: full λ only from a few hundred incidents.
+    strength = calibration.label_shift_correction * informative / (informative + 100)
+    if strength > 0 and stats.reference_mix is not None and diagnoser.class_response is not None:
+        known = ~np.isnan(diagnoser.class_response[0])
         balanced = known / known.sum()
         mix = strength * stats.reference_mix + (1 - strength) * balanced
         stats = replace(stats, class_mix=floor_shares(mix, calibration.min_class_share))

@@ -188,6 +188,9 @@ class KpiPreprocessor:
     # each column falls in class c's own distribution, shape (classes, quantiles, columns); NaN
     # for a class absent from training. None for models trained before it existed.
     class_cdfs: np.ndarray | None = None
+    # Share of each class's training incidents with a value in each column, (classes, columns):
+    # F_c covers observed values only, so class c weighs in by π_c·observed[c, j].
+    class_observed: np.ndarray | None = None
 
     @property
     def n_inputs(self) -> int:
@@ -215,6 +218,7 @@ class KpiPreprocessor:
             training=training,
             ple_bins=settings.ple_bins,
             class_cdfs=class_cdfs(numeric.reindex(columns=list(columns)), labels, training),
+            class_observed=class_observed(numeric.reindex(columns=list(columns)), labels),
         )
 
     def raw_values(self, features: pd.DataFrame) -> np.ndarray:
@@ -248,7 +252,22 @@ class KpiPreprocessor:
             raise ValueError("this model was trained without per-class statistics")
         present = ~np.isnan(self.class_cdfs[:, 0, 0])
         weights = np.where(present, np.asarray(mix, dtype=np.float64), 0.0)
-        shares = np.tensordot(weights / weights.sum(), np.nan_to_num(self.class_cdfs), axes=1)
+        if not weights.sum() > 0:
+            raise ValueError("a class mix needs weight on a class the model was trained on")
+        weights = weights / weights.sum()
+        observed = (
+            np.ones((len(weights), len(self.columns)))
+            if self.class_observed is None
+            else self.class_observed
+        )
+        # Per column, class c weighs in by mix_c × its share of observed values there.
+        per_column = weights[:, None] * observed
+        total = per_column.sum(axis=0)
+        per_column = np.where(total > 0, per_column / np.where(total > 0, total, 1.0), 1 / 6)
+        shares = np.einsum("cj,ckj->kj", per_column, np.nan_to_num(self.class_cdfs))
+        # A value on an untied grid point reads as the middle of its step, so F_c can dip by a
+        # step's half at such points; the grid must stay non-decreasing.
+        shares = np.maximum.accumulate(shares, axis=0)
         grid = np.stack(
             [
                 np.interp(shares[:, j], stats.probs, stats.quantiles[:, j])
@@ -256,7 +275,7 @@ class KpiPreprocessor:
             ],
             axis=1,
         )
-        return replace(stats, quantiles=grid, reference_mix=weights / weights.sum())
+        return replace(stats, quantiles=grid, reference_mix=weights)
 
     def statistics(self, deployment: DeploymentStats | None = None) -> DeploymentStats:
         """The reference statistics to read values against (default: the training ones)."""
@@ -273,6 +292,9 @@ class KpiPreprocessor:
             "class_cdfs": None
             if self.class_cdfs is None
             else [None if np.isnan(c[0, 0]) else np.round(c, 6).tolist() for c in self.class_cdfs],
+            "class_observed": None
+            if self.class_observed is None
+            else np.round(self.class_observed, 6).tolist(),
         }
 
     @classmethod
@@ -283,6 +305,9 @@ class KpiPreprocessor:
             training=training,
             ple_bins=int(payload["ple_bins"]),
             class_cdfs=_class_cdfs_from_json(payload.get("class_cdfs"), training.quantiles.shape),
+            class_observed=None
+            if payload.get("class_observed") is None
+            else np.asarray(payload["class_observed"], dtype=np.float64),
         )
 
 
@@ -295,6 +320,17 @@ def class_cdfs(values: pd.DataFrame, labels: np.ndarray, reference: DeploymentSt
         if rows.any():
             own = DeploymentStats.measure("class", values.loc[rows], reference.columns)
             out[c] = _cdf(own.quantiles, own.probs, reference.quantiles)
+    return out
+
+
+def class_observed(values: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+    """Share of each fault class's incidents with a value in each column (0 for a class
+    without incidents)."""
+    seen = values.notna().to_numpy()
+    out = np.zeros((len(FAULT_CLASSES), seen.shape[1]))
+    for c in FAULT_CLASSES:
+        if (labels == c).any():
+            out[c] = seen[labels == c].mean(axis=0)
     return out
 
 

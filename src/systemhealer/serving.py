@@ -135,6 +135,10 @@ class ChampionWatcher:
         diagnoser, _ = tracking.load_diagnoser(self.settings, uri)
         # Warm up (first call initialises torch kernels) before anyone is served by it.
         diagnoser.probabilities(pd.DataFrame(np.ones((2, len(KPI_FEATURES))), columns=KPI_FEATURES))
+        # So are the calibrated deployments' statistics: no request waits for them.
+        from systemhealer.deployments import warm_deployments
+
+        warm_deployments(self.settings, diagnoser)
         model = ServedModel(
             diagnoser=diagnoser,
             model_name=self.settings.registry.model_name,
