@@ -11,8 +11,9 @@ echo "== 1/4 validate the training data (Great Expectations)"
 $BIN/systemhealer validate "$TRAIN"
 echo "== 2/4 train, track in MLflow, register behind the gate (Prefect flow)"
 $BIN/systemhealer train "$TRAIN"
-echo "== 3/4 score the unlabelled incidents of another deployment with the champion"
-$BIN/systemhealer predict "$UNLABELLED" --output out/diagnoses.csv
+echo "== 3/4 calibrate another deployment from its unlabelled incidents, then diagnose them"
+$BIN/systemhealer calibrate other-site "$UNLABELLED"
+$BIN/systemhealer predict "$UNLABELLED" --deployment other-site --output out/diagnoses.csv
 $BIN/systemhealer models
 echo "== 4/4 results"
 echo "diagnoses:      $(pwd)/out/diagnoses.csv"
