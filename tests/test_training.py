@@ -51,3 +51,22 @@ def test_balanced_macro_f1_weighs_every_class_alike() -> None:
     skewed_y = np.concatenate([y, np.zeros(120, dtype=int)])  # class 0 five times as common
     skewed_pred = np.concatenate([pred, np.zeros(120, dtype=int)])  # ... and always right
     assert macro_f1(skewed_y, skewed_pred) > balanced_macro_f1(skewed_y, skewed_pred)
+
+
+def test_swap_noise_keeps_each_kpi_within_its_fault_class() -> None:
+    from systemhealer.training import swap_within_class
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1, 2], 400)
+    # Each class lives in its own value range, so a value's class is readable from the value.
+    values = labels[:, None] * 10.0 + rng.random((len(labels), 5))
+    swapped = swap_within_class(values, labels, 0.3, rng)
+    assert swapped.shape == values.shape
+    assert (np.floor(swapped / 10) == labels[:, None]).all()  # never a value of another class
+    changed = (swapped != values).mean()
+    assert 0.25 < changed < 0.32  # ~30 % replaced (a few by their own value)
+    for j in range(values.shape[1]):  # every KPI keeps the values of its class
+        for fault in range(3):
+            own = set(values[labels == fault, j])
+            assert set(swapped[labels == fault, j]) <= own
+    assert swap_within_class(values, labels, 0.0, rng) is values

@@ -58,7 +58,7 @@ class TrainingSettings(_Section):
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(256, ge=8)
-    max_epochs: int = Field(40, ge=1)
+    max_epochs: int = Field(60, ge=1)
     patience: int = Field(15, ge=1, description="epochs without a better validation macro-F1")
     lr_schedule: Literal["onecycle", "constant"] = "onecycle"
     # One member by default: the sweep on the shipped data scored 1 and 3 members alike
@@ -80,6 +80,10 @@ class TrainingSettings(_Section):
     # Train on simulated deployments' statistics (off: -0.01…-0.03 macro-F1 in shift studies).
     pseudo_deployments: bool = False
     p_training_reference: float = Field(0.2, ge=0, le=1)
+    # Class-conditional swap noise: each epoch, about this share of every training incident's
+    # KPI values is replaced by the same KPI of another incident of its fault class
+    # (training.swap_within_class). 0 = off.
+    swap_share: float = Field(0.3, ge=0, lt=1)
 
 
 class EvaluationSettings(_Section):

@@ -33,6 +33,7 @@ class Candidate:
 DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("mlp-default"),
     Candidate("mlp-no-distillation", {"training.distill_weight": 0.0}),
+    Candidate("mlp-no-swap-noise", {"training.swap_share": 0.0}),
     Candidate("mlp-early-stopping", {"training.validation_fraction": 0.15}),
     Candidate("mlp-pseudo-deployments", {"training.pseudo_deployments": True}),
     Candidate("mlp-all-features", {"preprocessing.select_top_k": None}),
