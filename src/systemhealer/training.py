@@ -94,8 +94,9 @@ def swap_within_class(
     Every KPI keeps its distribution within each class, but the incidents' joint patterns are
     loosened, so the network learns evidence that holds KPI by KPI rather than combinations
     particular to the training deployment. The shipped unlabelled deployment looks like that:
-    its KPIs are much less predictable from each other than the training incidents' (R² 0.27 →
-    0.11), about what swapping 30 % of the values within class does (docs/calibration.md).
+    its KPIs are much less predictable from each other than the training incidents' (mean R²
+    0.17 → 0.10), about what swapping 30 % of the values within class does
+    (scripts/compare_deployments.py, docs/calibration.md).
     """
     if share <= 0:
         return values
