@@ -56,19 +56,12 @@ def run_candidate(
             )
             scores = pipeline.holdout_scores(model, prepared, settings)  # type: ignore[arg-type]
             seconds = time.perf_counter() - started
-            tracking.log_metrics(
-                {
-                    "eval_macro_f1": scores.eval_macro_f1,
-                    "shift_macro_f1": scores.shift_macro_f1,
-                    "shift_uncalibrated_macro_f1": scores.shift_uncalibrated_macro_f1,
-                    "shift_skewed_macro_f1": scores.shift_skewed_macro_f1,
-                    "train_seconds": seconds,
-                }
-            )
+            metrics = pipeline.score_metrics(scores)
+            tracking.log_metrics({**metrics, "train_seconds": seconds})
             return {
                 "candidate": candidate.name,
                 "run_id": run_id,
-                **scores.__dict__,
+                **metrics,
                 "train_seconds": seconds,
             }
         result = pipeline.fit_model(prepared, settings, show_progress=False)
@@ -79,7 +72,7 @@ def run_candidate(
             "candidate": candidate.name,
             "run_id": run_id,
             "model_uri": model_uri,
-            **evaluation.scores.__dict__,
+            **pipeline.score_metrics(evaluation.scores),
             "train_seconds": result.seconds,
             "overrides": candidate.overrides,
         }
@@ -115,10 +108,7 @@ def sweep_flow(
         },
     )
     candidate_scores = pipeline.HoldoutScores(
-        best["eval_macro_f1"],
-        best["shift_macro_f1"],
-        best["shift_uncalibrated_macro_f1"],
-        best["shift_skewed_macro_f1"],
+        **{name: best[name] for name in pipeline.HoldoutScores.__dataclass_fields__}
     )
     champion_version, champion, why_none = pipeline.champion_scores(prepared, settings)
     promoted, reason = pipeline.gate_decision(

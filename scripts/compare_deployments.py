@@ -22,7 +22,8 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES, LABEL, read_incidents
 from systemhealer.features import DeploymentStats, KpiPreprocessor, class_balanced_weights
-from systemhealer.training import distinct_incidents, swap_within_class
+from systemhealer.shift import swap_within_class
+from systemhealer.training import distinct_incidents
 
 
 def mean_r2(models: list, positions: np.ndarray, weights: np.ndarray | None = None) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from systemhealer.config import FAULT_CLASSES, TrainingSettings
@@ -54,7 +55,7 @@ def test_balanced_macro_f1_weighs_every_class_alike() -> None:
 
 
 def test_swap_noise_keeps_each_kpi_within_its_fault_class() -> None:
-    from systemhealer.training import swap_within_class
+    from systemhealer.shift import swap_within_class
 
     rng = np.random.default_rng(4)
     labels = np.repeat([0, 1, 2], 400)
@@ -70,3 +71,35 @@ def test_swap_noise_keeps_each_kpi_within_its_fault_class() -> None:
             own = set(values[labels == fault, j])
             assert set(swapped[labels == fault, j]) <= own
     assert swap_within_class(values, labels, 0.0, rng) is values
+
+
+def test_shifted_copies_can_swap_values_within_class() -> None:
+    from systemhealer.shift import shifted_copies
+
+    labels = np.repeat([0, 1, 2], [300, 100, 100])
+    # Row i holds i * 100 + j in column j: every value tells its row, and so its class.
+    values = np.arange(len(labels))[:, None] * 100.0 + np.arange(4)
+    features = pd.DataFrame(values, columns=["a", "b", "c", "d"])
+    copies = shifted_copies(features, labels, (), (), 3, seed=1, swap_share=0.3)
+    plain = shifted_copies(features, labels, (), (), 3, seed=1)
+    for (copied, copy_labels), (unswapped, _) in zip(copies, plain, strict=True):
+        assert all(80 <= n <= 120 for n in np.bincount(copy_labels))  # about class-balanced
+        source_rows = (copied.to_numpy() // 100).astype(int)
+        assert (labels[source_rows] == copy_labels[:, None]).all()  # donors of its own class
+        own_row = np.array([np.bincount(r).argmax() for r in source_rows])
+        foreign = (source_rows != own_row[:, None]).mean()
+        assert 0.2 < foreign < 0.4, foreign
+        assert ((unswapped.to_numpy() // 100)[:, :1] == unswapped.to_numpy() // 100).all()
+
+
+def test_gate_compares_the_mean_shift_score() -> None:
+    from systemhealer.pipeline import HoldoutScores, gate_decision
+
+    champion = HoldoutScores(0.80, 0.84, 0.20, 0.82, 0.84)
+    # Better on the balanced simulation, much worse with swapped values: rejected.
+    brittle = HoldoutScores(0.80, 0.86, 0.20, 0.82, 0.78)
+    promoted, reason = gate_decision(brittle, "1", champion, "", gate_on_shift=True)
+    assert not promoted and "shift score 0.8200 < 0.8333" in reason
+    assert gate_decision(brittle, "1", champion, "", gate_on_shift=False)[0]
+    steadier = HoldoutScores(0.80, 0.83, 0.20, 0.83, 0.86)
+    assert gate_decision(steadier, "1", champion, "", gate_on_shift=True)[0]

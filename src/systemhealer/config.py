@@ -90,6 +90,12 @@ class EvaluationSettings(_Section):
     """Held-out evaluation and the promotion gate."""
 
     shift_copies: int = Field(3, ge=1, description="simulated deployments for the shift score")
+    # A third simulation: balanced shifted copies with this share of each incident's KPI values
+    # swapped within its class (KPIs that go together less tightly, as on the shipped unlabelled
+    # deployment; shift.swap_within_class).
+    shift_swap_share: float = Field(0.3, ge=0, lt=1)
+    # The gate also requires the shift score (mean of the three calibrated simulations) to be
+    # at least the champion's.
     gate_on_shift: bool = True
 
 

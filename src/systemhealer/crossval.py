@@ -41,6 +41,7 @@ class FoldScores:
     shift_macro_f1: float
     shift_uncalibrated_macro_f1: float
     shift_skewed_macro_f1: float
+    shift_swapped_macro_f1: float
     train_seconds: float
 
 
@@ -91,17 +92,19 @@ def cross_validate(
         def calibrate(window: pd.DataFrame, model: FaultDiagnoser = diagnoser) -> DeploymentStats:
             return deployments.measure(settings, model, "simulated", window)
 
-        shifted, skewed = (
+        swap = settings.evaluation.shift_swap_share
+        shifted, skewed, swapped = (
             shift_scores(diagnoser, shifted_copies(
                 features.iloc[held_out], labels[held_out], shift_columns, config_like,
-                settings.evaluation.shift_copies, seed, balanced,
+                settings.evaluation.shift_copies, seed, balanced, share,
             ), seed, calibrate)
-            for balanced in (True, False)
+            for balanced, share in ((True, 0.0), (False, 0.0), (True, swap))
         )  # fmt: skip
         scores = FoldScores(
             fold, len(held_out), macro_f1(labels[held_out], predicted),
             balanced_macro_f1(labels[held_out], predicted), shifted.calibrated,
-            shifted.uncalibrated, skewed.calibrated, time.perf_counter() - started,
+            shifted.uncalibrated, skewed.calibrated, swapped.calibrated,
+            time.perf_counter() - started,
         )  # fmt: skip
         results.append(scores)
         if on_fold:
@@ -113,14 +116,15 @@ def summary_table(results: list[FoldScores]) -> str:
     """Markdown table of the folds with their mean and standard deviation."""
     lines = [
         "| fold | rows | eval macro-F1 | eval balanced macro-F1 | shift macro-F1 (calibrated) "
-        "| shift uncalibrated | shift, skewed mix | s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shift uncalibrated | shift, skewed mix | shift, swapped values | s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.fold} | {r.rows} | {r.eval_macro_f1:.4f} | {r.eval_balanced_macro_f1:.4f} | "
             f"{r.shift_macro_f1:.4f} | {r.shift_uncalibrated_macro_f1:.4f} | "
-            f"{r.shift_skewed_macro_f1:.4f} | {r.train_seconds:.0f} |"
+            f"{r.shift_skewed_macro_f1:.4f} | {r.shift_swapped_macro_f1:.4f} | "
+            f"{r.train_seconds:.0f} |"
         )
     frame = pd.DataFrame([asdict(r) for r in results])
     mean, std = frame.mean(numeric_only=True), frame.std(numeric_only=True)
@@ -128,6 +132,7 @@ def summary_table(results: list[FoldScores]) -> str:
         f"| mean ± sd | | {mean.eval_macro_f1:.4f} ± {std.eval_macro_f1:.4f} | "
         f"{mean.eval_balanced_macro_f1:.4f} ± {std.eval_balanced_macro_f1:.4f} | "
         f"{mean.shift_macro_f1:.4f} ± {std.shift_macro_f1:.4f} | {mean.shift_uncalibrated_macro_f1:.4f} | "
-        f"{mean.shift_skewed_macro_f1:.4f} ± {std.shift_skewed_macro_f1:.4f} | |"
+        f"{mean.shift_skewed_macro_f1:.4f} ± {std.shift_skewed_macro_f1:.4f} | "
+        f"{mean.shift_swapped_macro_f1:.4f} ± {std.shift_swapped_macro_f1:.4f} | |"
     )
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from systemhealer.errors import TrainingError
 from systemhealer.evaluation import macro_f1
 from systemhealer.features import KpiPreprocessor
 from systemhealer.model import FaultEnsemble, FaultMLP
-from systemhealer.shift import pseudo_deployment
+from systemhealer.shift import pseudo_deployment, swap_within_class
 
 EpochCallback = Callable[[dict[str, float]], None]
 # Network inputs of the training rows for one epoch (drawn anew each epoch when augmenting).
@@ -83,31 +83,6 @@ class PreparedData:
             return self.preprocessor.encode(epoch_values, stats)
 
         return sample
-
-
-def swap_within_class(
-    values: np.ndarray, labels: np.ndarray, share: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Training incidents with about ``share`` of their KPI values each replaced by the same
-    KPI of another incident of the same fault class (class-conditional swap noise).
-
-    Every KPI keeps its distribution within each class, but the incidents' joint patterns are
-    loosened, so the network learns evidence that holds KPI by KPI rather than combinations
-    particular to the training deployment. The shipped unlabelled deployment looks like that:
-    its KPIs are much less predictable from each other than the training incidents' (mean R²
-    0.17 → 0.10), about what swapping 30 % of the values within class does
-    (scripts/compare_deployments.py, docs/calibration.md).
-    """
-    if share <= 0:
-        return values
-    swapped = values.copy()
-    for fault in np.unique(labels):
-        rows = np.flatnonzero(labels == fault)
-        own = values[rows]
-        donors = rng.integers(0, len(rows), size=own.shape)
-        donated = np.take_along_axis(own, donors, axis=0)
-        swapped[rows] = np.where(rng.random(own.shape) < share, donated, own)
-    return swapped
 
 
 def distinct_incidents(

@@ -279,6 +279,7 @@
     const rows = [
       ["eval_macro_f1", metrics.eval_macro_f1, gateChampion.eval_macro_f1 ?? gate.champion_macro_f1, champ && champ.metrics.eval_macro_f1],
       ["shift_macro_f1", metrics.shift_macro_f1 ?? candidate.shift_macro_f1, gateChampion.shift_macro_f1, champ && champ.metrics.shift_macro_f1],
+      ["shift_score", metrics.shift_score ?? candidate.shift_score, gateChampion.shift_score, champ && champ.metrics.shift_score],
       ["eval_accuracy", metrics.eval_accuracy, null, champ && champ.metrics.eval_accuracy],
     ].filter((r) => r[1] !== undefined && r[1] !== null);
     const compare = h("table.data.compare",
