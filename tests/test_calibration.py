@@ -150,7 +150,7 @@ def test_sweep_registers_its_best_mlp(
     results = {r["candidate"]: r for r in outcome["results"]}
     assert set(results) == {"mlp-default", "mlp-normal-scores-only", "gbt-baseline"}
     mlps = [r for name, r in results.items() if name != "gbt-baseline"]
-    best = max(mlps, key=lambda r: (r["eval_macro_f1"] + r["shift_score"]) / 2)
+    best = max(mlps, key=lambda r: (r["shift_score"], r["eval_macro_f1"]))
     assert outcome["best"] == best["candidate"]
     settings = load_settings()
     version = tracking.get_version(settings, outcome["model_version"])
