@@ -104,6 +104,7 @@ def sweep_flow(
             "candidate": best["candidate"],
             "eval_macro_f1": f"{best['eval_macro_f1']:.4f}",
             "shift_macro_f1": f"{best['shift_macro_f1']:.4f}",
+            "shift_score": f"{best['shift_score']:.4f}",
             "run_id": best["run_id"],
         },
     )

@@ -170,3 +170,20 @@ def test_sweep_registers_its_best_mlp(
         assert metrics["shift_score"] == pytest.approx(
             np.mean([metrics[f"shift_{s}macro_f1"] for s in ("", "skewed_", "swapped_")])
         )
+
+
+def test_crossval_reports_every_simulation_and_the_shift_score(
+    small_training_csv: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__MAX_EPOCHS", "3")
+    code, out, err = run_cli(
+        ["crossval", str(small_training_csv), "--folds", "2"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert out.count("fold ") >= 2 and "swapped values" in out
+    header, _, *rows = [line for line in out.splitlines() if line.startswith("|")]
+    assert "shift score" in header and len(rows) == 3  # two folds and their mean
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    shift, skewed, swapped, score = (float(cells[i]) for i in (4, 6, 7, 8))
+    assert score == pytest.approx((shift + skewed + swapped) / 3, abs=1e-4)
+    assert rows[-1].startswith("| mean ± sd")

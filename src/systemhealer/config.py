@@ -82,7 +82,7 @@ class TrainingSettings(_Section):
     p_training_reference: float = Field(0.2, ge=0, le=1)
     # Class-conditional swap noise: each epoch, about this share of every training incident's
     # KPI values is replaced by the same KPI of another incident of its fault class
-    # (training.swap_within_class). 0 = off.
+    # (shift.swap_within_class). 0 = off.
     swap_share: float = Field(0.3, ge=0, lt=1)
 
 

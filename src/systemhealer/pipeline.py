@@ -27,7 +27,7 @@ from systemhealer.evaluation import (
     plot_loss_curves,
 )
 from systemhealer.features import DeploymentStats
-from systemhealer.shift import shift_scores, shifted_copies
+from systemhealer.shift import shift_score, shift_scores, shifted_copies
 from systemhealer.training import EpochCallback, PreparedData, TrainingResult, train_ensemble
 from systemhealer.validation import DataProfile, ValidationReport, require_valid, validate_file
 
@@ -89,8 +89,8 @@ class HoldoutScores:
     def shift_score(self) -> float:
         """What the gate and the sweep compare under shift: the mean of the three calibrated
         simulations (balanced, skewed mix, swapped values)."""
-        return float(
-            np.mean([self.shift_macro_f1, self.shift_skewed_macro_f1, self.shift_swapped_macro_f1])
+        return shift_score(
+            self.shift_macro_f1, self.shift_skewed_macro_f1, self.shift_swapped_macro_f1
         )
 
 

@@ -180,6 +180,12 @@ def shifted_copies(
     return copies
 
 
+def shift_score(balanced: float, skewed: float, swapped: float) -> float:
+    """One figure for model selection under shift: the mean of the three calibrated
+    simulations (balanced copies, copies in the held-out rows' own mix, swapped values)."""
+    return float(np.mean([balanced, skewed, swapped]))
+
+
 def shift_scores(
     diagnoser: object,
     copies: list[tuple[pd.DataFrame, np.ndarray]],

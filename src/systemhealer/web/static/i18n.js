@@ -68,7 +68,7 @@ window.I18N = {
     "report.embedding": "Embedding of held-out incidents (penultimate layer, PCA)", "report.per_class": "Per-class scores (held-out rows)",
     "report.class": "Fault class",
 
-    "metric.eval_macro_f1": "macro-F1", "metric.eval_accuracy": "accuracy", "metric.shift_macro_f1": "shifted macro-F1", "metric.shift_score": "shift score (gated: mean of 3 simulations)",
+    "metric.eval_macro_f1": "macro-F1", "metric.eval_accuracy": "accuracy", "metric.shift_macro_f1": "shifted macro-F1", "metric.shift_score": "shift score (mean of 3 simulations; gated)",
     "metric.macro_f1": "macro-F1", "metric.precision": "precision", "metric.recall": "recall", "metric.f1": "F1", "metric.support": "support",
 
     "chart.fault_class": "fault class", "chart.incidents": "incidents", "chart.epoch": "epoch", "chart.loss": "loss",

@@ -69,13 +69,15 @@
     rollbackButton.disabled = !data.rollback_to;
     rollbackButton.title = data.rollback_to ? SH.t("models.rollback_hint", { to: data.rollback_to }) : SH.t("models.no_rollback");
     if (!data.versions.length) { container.textContent = ""; container.appendChild(h("div.empty-state", SH.t("models.none"))); return; }
-    const rows = data.versions.map((v) => ({ ...v, version_n: Number(v.version), f1: v.metrics.eval_macro_f1, acc: v.metrics.eval_accuracy, shift: v.metrics.shift_macro_f1, rows: v.fingerprint ? v.fingerprint.rows : null }));
+    const rows = data.versions.map((v) => ({ ...v, version_n: Number(v.version), f1: v.metrics.eval_macro_f1, acc: v.metrics.eval_accuracy, shift: v.metrics.shift_macro_f1, shiftScore: v.metrics.shift_score, rows: v.fingerprint ? v.fingerprint.rows : null }));
     const hasShift = rows.some((r) => r.shift !== undefined);
+    const hasShiftScore = rows.some((r) => r.shiftScore !== undefined);
     SH.table(container, [
       { key: "version_n", label: "models.version", num: true, render: (v) => h("span", h("strong", `v${v.version}`), v.champion ? h("span", " ", SH.badge("champion", SH.t("models.champion"))) : null) },
       { key: "created_ms", label: "models.created", render: (v) => h("span", { title: SH.when(new Date(v.created_ms).toISOString()) }, SH.day(v.created_ms)) },
       { key: "f1", label: "metric.eval_macro_f1", num: true, render: (v) => SH.num(v.f1) },
       ...(hasShift ? [{ key: "shift", label: "metric.shift_macro_f1", num: true, render: (v) => SH.num(v.shift) }] : []),
+      ...(hasShiftScore ? [{ key: "shiftScore", label: "metric.shift_score", num: true, render: (v) => SH.num(v.shiftScore) }] : []),
       { key: "acc", label: "metric.eval_accuracy", num: true, render: (v) => SH.num(v.acc) },
       { key: "gate", label: "models.gate", sortable: false, render: (v) => { const g = (v.tags || {}).gate; return g ? h("span", { title: (v.tags || {}).gate_reason || "" }, SH.badge(g, SH.t(`gate.${g}`))) : "—"; } },
       { key: "rows", label: "models.rows", num: true, render: (v) => SH.int(v.rows) },
