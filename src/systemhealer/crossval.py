@@ -21,7 +21,7 @@ from systemhealer.data import KPI_FEATURES, LABEL, Split
 from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.evaluation import balanced_macro_f1, macro_f1
 from systemhealer.features import DeploymentStats, KpiPreprocessor
-from systemhealer.shift import shift_score, shift_scores, shifted_copies
+from systemhealer.shift import shift_score, simulate_deployments
 from systemhealer.training import (
     PreparedData,
     distinct_incidents,
@@ -93,24 +93,20 @@ def cross_validate(
         diagnoser = FaultDiagnoser(preprocessor, result.network)  # type: ignore[arg-type]
         diagnoser.measure_class_response(features.iloc[train], labels[train])
         predicted = diagnoser.diagnose(features.iloc[held_out])["predicted_label"].to_numpy()
-        shift_columns = tuple(c for c in KPI_FEATURES if c not in config_like)
         seed = settings.training.seed + fold
 
         def calibrate(window: pd.DataFrame, model: FaultDiagnoser = diagnoser) -> DeploymentStats:
             return deployments.measure(settings, model, "simulated", window)
 
-        swap = settings.evaluation.shift_swap_share
-        shifted, skewed, swapped = (
-            shift_scores(diagnoser, shifted_copies(
-                features.iloc[held_out], labels[held_out], shift_columns, config_like,
-                settings.evaluation.shift_copies, seed, balanced, share,
-            ), seed, calibrate)
-            for balanced, share in ((True, 0.0), (False, 0.0), (True, swap))
+        simulated = simulate_deployments(
+            diagnoser, features.iloc[held_out], labels[held_out], config_like,
+            settings.evaluation.shift_copies, seed, settings.evaluation.shift_swap_share,
+            calibrate,
         )  # fmt: skip
         scores = FoldScores(
             fold, len(held_out), macro_f1(labels[held_out], predicted),
-            balanced_macro_f1(labels[held_out], predicted), shifted.calibrated,
-            shifted.uncalibrated, skewed.calibrated, swapped.calibrated,
+            balanced_macro_f1(labels[held_out], predicted), simulated.calibrated,
+            simulated.uncalibrated, simulated.skewed, simulated.swapped,
             time.perf_counter() - started,
         )  # fmt: skip
         results.append(scores)

@@ -27,7 +27,7 @@ from systemhealer.evaluation import (
     plot_loss_curves,
 )
 from systemhealer.features import DeploymentStats
-from systemhealer.shift import shift_score, shift_scores, shifted_copies
+from systemhealer.shift import shift_score, simulate_deployments
 from systemhealer.training import EpochCallback, PreparedData, TrainingResult, train_ensemble
 from systemhealer.validation import DataProfile, ValidationReport, require_valid, validate_file
 
@@ -94,20 +94,6 @@ class HoldoutScores:
         )
 
 
-def shifted_holdout(
-    prepared: PreparedData, settings: Settings, balanced: bool = True, swap_share: float = 0.0
-) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """Shifted copies of the evaluation rows (class-balanced, or in their own mix; optionally
-    with values swapped within class): the same for every model compared."""
-    part = prepared.split.evaluation
-    config_like = settings.data.config_like_columns
-    columns = tuple(c for c in KPI_FEATURES if c not in config_like)
-    return shifted_copies(
-        prepared.features(part), prepared.labels[part], columns, config_like,
-        settings.evaluation.shift_copies, settings.training.seed, balanced, swap_share,
-    )  # fmt: skip
-
-
 def holdout_scores(
     diagnoser: FaultDiagnoser, prepared: PreparedData, settings: Settings
 ) -> HoldoutScores:
@@ -119,18 +105,17 @@ def holdout_scores(
     def calibrate(window: pd.DataFrame) -> DeploymentStats:
         return deployments.measure(settings, diagnoser, "simulated", window)
 
-    shifted = shift_scores(diagnoser, shifted_holdout(prepared, settings), seed, calibrate)
-    skewed = shift_scores(diagnoser, shifted_holdout(prepared, settings, False), seed, calibrate)
-    swap = settings.evaluation.shift_swap_share
-    swapped = shift_scores(
-        diagnoser, shifted_holdout(prepared, settings, True, swap), seed, calibrate
-    )
+    simulated = simulate_deployments(
+        diagnoser, prepared.features(part), prepared.labels[part],
+        settings.data.config_like_columns, settings.evaluation.shift_copies, seed,
+        settings.evaluation.shift_swap_share, calibrate,
+    )  # fmt: skip
     return HoldoutScores(
         eval_macro_f1=EvaluationReport.score(prepared.labels[part], predicted).macro_f1,
-        shift_macro_f1=shifted.calibrated,
-        shift_uncalibrated_macro_f1=shifted.uncalibrated,
-        shift_skewed_macro_f1=skewed.calibrated,
-        shift_swapped_macro_f1=swapped.calibrated,
+        shift_macro_f1=simulated.calibrated,
+        shift_uncalibrated_macro_f1=simulated.uncalibrated,
+        shift_skewed_macro_f1=simulated.skewed,
+        shift_swapped_macro_f1=simulated.swapped,
     )
 
 

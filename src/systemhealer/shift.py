@@ -180,12 +180,6 @@ def shifted_copies(
     return copies
 
 
-def shift_score(balanced: float, skewed: float, swapped: float) -> float:
-    """One figure for model selection under shift: the mean of the three calibrated
-    simulations (balanced copies, copies in the held-out rows' own mix, swapped values)."""
-    return float(np.mean([balanced, skewed, swapped]))
-
-
 def shift_scores(
     diagnoser: object,
     copies: list[tuple[pd.DataFrame, np.ndarray]],
@@ -217,3 +211,45 @@ def shift_scores(
         uncalibrated.append(macro_f1(labels, plain))
         rows += len(labels)
     return ShiftScores(float(np.mean(calibrated)), float(np.mean(uncalibrated)), len(copies), rows)
+
+
+def shift_score(balanced: float, skewed: float, swapped: float) -> float:
+    """One figure for model selection under shift: the mean of the three calibrated
+    simulations (balanced copies, copies in the held-out rows' own mix, swapped values)."""
+    return float(np.mean([balanced, skewed, swapped]))
+
+
+@dataclass(frozen=True)
+class SimulatedScores:
+    """Macro-F1 of one diagnoser on the three simulated deployments of one held-out set."""
+
+    calibrated: float  # balanced copies, halves calibrating each other
+    uncalibrated: float  # the same copies read with the training statistics
+    skewed: float  # copies in the held-out rows' own class mix, calibrated
+    swapped: float  # balanced copies with values swapped within class, calibrated
+
+
+def simulate_deployments(
+    diagnoser: object,
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    config_like: tuple[str, ...],
+    shifts: int,
+    seed: int,
+    swap_share: float,
+    calibrate: Callable[[pd.DataFrame], DeploymentStats],
+) -> SimulatedScores:
+    """Score a diagnoser on the three simulations of held-out ``features`` (the copies are the
+    same for every model given the same seed)."""
+    columns = tuple(c for c in features.columns if c not in config_like)
+
+    def score(balanced: bool, share: float) -> ShiftScores:
+        copies = shifted_copies(
+            features, labels, columns, config_like, shifts, seed, balanced, share
+        )
+        return shift_scores(diagnoser, copies, seed, calibrate)
+
+    shifted, skewed, swapped = score(True, 0.0), score(False, 0.0), score(True, swap_share)
+    return SimulatedScores(
+        shifted.calibrated, shifted.uncalibrated, skewed.calibrated, swapped.calibrated
+    )
