@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from systemhealer import deployments, tracking
+from systemhealer import assessment, deployments, tracking
 from systemhealer.config import load_settings
 from systemhealer.data import KPI_FEATURES
 from systemhealer.shift import apply_shift, random_shift
@@ -134,6 +135,78 @@ def test_calibrate_refuses_bad_names_and_files(
         monkeypatch,
     )
     assert code == 3 and "no deployment named 'nowhere'" in err
+
+
+def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_other(
+    trained_state, tmp_path: Path, training_frame: pd.DataFrame, capsys, monkeypatch
+) -> None:
+    # A labelled set from "another deployment": near balanced, every KPI in other units.
+    rows = (
+        training_frame.groupby("label", group_keys=False)
+        .sample(120, random_state=3)
+        .sample(frac=1, random_state=4)
+        .reset_index(drop=True)
+    )
+    spec = random_shift(np.random.default_rng(5), tuple(KPI_FEATURES[2:]), ())
+    labelled = tmp_path / "other-site.csv"
+    apply_shift(rows, spec).to_csv(labelled, index=False)
+
+    code, out, err = run_cli(["evaluate", str(labelled), "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["method"] == "halves" and result["rows"] == 720
+    assert result["calibrated"]["macro_f1"] > result["uncalibrated"]["macro_f1"] + 0.15
+    assert sum(map(sum, result["calibrated"]["confusion"])) == 720
+    assert result["class_mix"] == pytest.approx([1 / 6] * 6)
+    assert len(result["estimated_mixes"]) == 2 and result["mix_error_l1"] < 0.5
+
+    code, out, err = run_cli(["evaluate", str(labelled)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "halves calibrating each other" in out and "uncalibrated" in out
+
+    # With a calibrated deployment the whole set is scored with its statistics.
+    reference = tmp_path / "window.csv"
+    apply_shift(training_frame.sample(600, random_state=8), spec).drop(columns=["label"]).to_csv(
+        reference, index=False
+    )
+    assert run_cli(["calibrate", "site-e", str(reference)], capsys, monkeypatch)[0] == 0
+    code, out, err = run_cli(
+        ["evaluate", str(labelled), "--deployment", "site-e", "--json"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    scored = json.loads(out)
+    assert scored["method"] == "deployment site-e"
+    assert scored["calibrated"]["macro_f1"] > scored["uncalibrated"]["macro_f1"] + 0.15
+
+    # Without labels there is nothing to score against: a clear error, exit code 1.
+    unlabelled = tmp_path / "unlabelled.csv"
+    rows.drop(columns=["label"]).to_csv(unlabelled, index=False)
+    code, _, err = run_cli(["evaluate", str(unlabelled)], capsys, monkeypatch)
+    assert code == 1 and "label" in err
+
+
+def test_halves_never_show_calibration_a_label_or_the_rows_scored(
+    trained_state, training_frame: pd.DataFrame
+) -> None:
+    settings = load_settings()
+    diagnoser, _ = tracking.load_diagnoser(settings)
+    # feature13 is never missing: distinct values tell the incidents apart.
+    rows = training_frame.drop_duplicates("feature13").sample(300, random_state=1)
+    rows = rows.reset_index(drop=True)
+    windows: list[pd.DataFrame] = []
+
+    def calibrate(window: pd.DataFrame):
+        windows.append(window)
+        return deployments.measure(settings, diagnoser, "spy", window)
+
+    features = rows[list(KPI_FEATURES)]
+    result = assessment.assess_with_halves(
+        diagnoser, features, rows["label"].to_numpy(), calibrate, seed=2
+    )
+    assert len(windows) == 2 and all("label" not in w.columns for w in windows)
+    seen = [set(w["feature13"]) for w in windows]
+    assert len(seen[0]) + len(seen[1]) == 300 and not seen[0] & seen[1]
+    assert result.calibrated.rows == result.uncalibrated.rows == 300
 
 
 def test_sweep_registers_its_best_mlp(

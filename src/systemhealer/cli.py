@@ -317,6 +317,54 @@ def calibrate(
     )
 
 
+@app.command()
+def evaluate(
+    path: Annotated[
+        Path, typer.Argument(help="Labelled incidents of one deployment (CSV or Parquet).")
+    ],
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            "--deployment",
+            help="Score with this calibrated deployment (default: the file's random halves "
+            "calibrate each other).",
+        ),
+    ] = None,
+    model_uri: Annotated[
+        str | None, typer.Option("--model-uri", help="MLflow model URI (default: the champion).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random split into halves.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Score the model on labelled incidents of another deployment, calibrated and not."""
+    from systemhealer import assessment, deployments, tracking, validation
+    from systemhealer.data import KPI_FEATURES, LABEL
+
+    settings = _settings(config)
+    report, frame = validation.validate_file(path, settings.data, require_label=True)
+    validation.require_valid(report)
+    diagnoser, _ = tracking.load_diagnoser(settings, model_uri)
+    features = frame[list(KPI_FEATURES)].reset_index(drop=True)
+    labels = frame[LABEL].to_numpy(dtype="int64")
+    if deployment is None:
+        result = assessment.assess_with_halves(
+            diagnoser, features, labels,
+            lambda window: deployments.measure(settings, diagnoser, "halves", window), seed,
+        )  # fmt: skip
+    else:
+        stats = deployments.deployment_stats(
+            settings, diagnoser, deployments.check_name(deployment)
+        )
+        assert stats is not None  # check_name refuses the training deployment's name
+        result = assessment.assess_with_deployment(diagnoser, features, labels, deployment, stats)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    for line in assessment.summary_lines(result, settings.serving.class_names):
+        typer.echo(line)
+
+
 @app.command(name="deployments")
 def list_deployments_command(config: ConfigOption = None) -> None:
     """List calibrated deployments."""

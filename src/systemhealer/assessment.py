@@ -1,0 +1,149 @@
+"""How well a model diagnoses a labelled set of incidents from another deployment.
+
+The protocol mirrors how SystemHealer is used there: the set is split at random into halves A
+and B; A's incidents, without their labels, calibrate the scoring of B and B's those of A, so
+calibration never sees a label nor the rows it scores. The same incidents read with the
+training deployment's statistics give the uncalibrated score beside it. With a deployment
+already calibrated (``systemhealer calibrate``) every incident is scored with its statistics
+instead, and the set is not used for calibration at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from systemhealer.config import FAULT_CLASSES
+from systemhealer.diagnoser import FaultDiagnoser
+from systemhealer.errors import DataValidationError
+from systemhealer.evaluation import EvaluationReport
+from systemhealer.features import DeploymentStats
+
+N_CLASSES = len(FAULT_CLASSES)
+
+
+@dataclass(frozen=True)
+class DeploymentAssessment:
+    """Scores of one model on one labelled set, calibrated and not."""
+
+    method: str  # "halves" or "deployment NAME"
+    calibrated: EvaluationReport
+    uncalibrated: EvaluationReport
+    class_mix: list[float]  # the set's actual mix, from its labels
+    # The mix each calibration window was estimated (and read) at; empty when not estimated.
+    estimated_mixes: list[list[float]]
+
+    @property
+    def mix_error(self) -> float | None:
+        """Mean L1 distance between the estimated mixes and the set's actual mix."""
+        if not self.estimated_mixes:
+            return None
+        actual = np.asarray(self.class_mix)
+        return float(np.mean([np.abs(np.asarray(m) - actual).sum() for m in self.estimated_mixes]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "rows": self.calibrated.rows,
+            "calibrated": self.calibrated.to_dict(),
+            "uncalibrated": self.uncalibrated.to_dict(),
+            "class_mix": self.class_mix,
+            "estimated_mixes": self.estimated_mixes,
+            "mix_error_l1": self.mix_error,
+        }
+
+
+def class_mix(labels: np.ndarray) -> list[float]:
+    counts = np.bincount(labels, minlength=N_CLASSES)
+    return (counts / max(len(labels), 1)).tolist()
+
+
+def _predicted(diagnoser: FaultDiagnoser, features: pd.DataFrame, stats: DeploymentStats | None):
+    return diagnoser.diagnose(features, stats)["predicted_label"].to_numpy()
+
+
+def assess_with_halves(
+    diagnoser: FaultDiagnoser,
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    calibrate: Callable[[pd.DataFrame], DeploymentStats],
+    seed: int = 0,
+) -> DeploymentAssessment:
+    """Split the set in random halves; each half, unlabelled, calibrates the other's scoring.
+
+    ``calibrate`` turns a window of unlabelled incidents into deployment statistics as
+    ``systemhealer calibrate`` does (``deployments.measure``). Only ``features`` reach it."""
+    if len(labels) < 2:
+        raise DataValidationError("a labelled set needs at least 2 incidents to be split in halves")
+    features = features.reset_index(drop=True)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    halves = (order[: len(order) // 2], order[len(order) // 2 :])
+    predicted = np.empty(len(labels), dtype=np.int64)
+    mixes = []
+    for reference, scored in (halves, halves[::-1]):
+        stats = calibrate(features.iloc[reference].reset_index(drop=True))
+        if stats.reference_mix is not None:
+            mixes.append([float(s) for s in stats.reference_mix])
+        predicted[scored] = _predicted(diagnoser, features.iloc[scored], stats)
+    return DeploymentAssessment(
+        method="halves",
+        calibrated=EvaluationReport.score(labels, predicted),
+        uncalibrated=EvaluationReport.score(labels, _predicted(diagnoser, features, None)),
+        class_mix=class_mix(labels),
+        estimated_mixes=mixes,
+    )
+
+
+def assess_with_deployment(
+    diagnoser: FaultDiagnoser,
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    name: str,
+    stats: DeploymentStats,
+) -> DeploymentAssessment:
+    """Score every incident with an already calibrated deployment's statistics."""
+    mixes = [] if stats.reference_mix is None else [[float(s) for s in stats.reference_mix]]
+    return DeploymentAssessment(
+        method=f"deployment {name}",
+        calibrated=EvaluationReport.score(labels, _predicted(diagnoser, features, stats)),
+        uncalibrated=EvaluationReport.score(labels, _predicted(diagnoser, features, None)),
+        class_mix=class_mix(labels),
+        estimated_mixes=mixes,
+    )
+
+
+def summary_lines(assessment: DeploymentAssessment, class_names: tuple[str, ...]) -> list[str]:
+    """The assessment as a few lines of text for the CLI."""
+    cal, plain = assessment.calibrated, assessment.uncalibrated
+
+    def shares(values: list[float]) -> str:
+        return ", ".join(f"{n}: {s:.1%}" for n, s in zip(class_names, values, strict=True))
+
+    how = (
+        "halves calibrating each other (labels never used for calibration)"
+        if assessment.method == "halves"
+        else assessment.method
+    )
+    lines = [
+        f"{cal.rows} labelled incidents; calibrated with {how}",
+        f"macro-F1 calibrated {cal.macro_f1:.4f} (class-balanced {cal.balanced_macro_f1:.4f}, "
+        f"accuracy {cal.accuracy:.4f}); uncalibrated {plain.macro_f1:.4f} "
+        f"(class-balanced {plain.balanced_macro_f1:.4f}, accuracy {plain.accuracy:.4f})",
+        "F1 per class, calibrated: "
+        + ", ".join(
+            f"{n}: {cal.per_class[str(c)]['f1']:.3f}"
+            for c, n in zip(FAULT_CLASSES, class_names, strict=True)
+        ),
+        f"actual class mix: {shares(assessment.class_mix)}",
+    ]
+    for i, mix in enumerate(assessment.estimated_mixes):
+        lines.append(f"estimated class mix of window {i + 1}: {shares(mix)}")
+    if assessment.mix_error is not None:
+        lines.append(f"class-mix estimate off by {assessment.mix_error:.3f} (L1, mean)")
+    lines.append("confusion (rows: actual, columns: diagnosed), calibrated:")
+    lines += ["  " + " ".join(f"{n:>5d}" for n in row) for row in cal.confusion]
+    return lines
