@@ -8,7 +8,7 @@ simulated deployments (calibrated on the other half of each shifted copy, and un
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -63,6 +63,35 @@ def group_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -
     ]
 
 
+def fit_fold(
+    unique: pd.DataFrame,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    rest: np.ndarray,
+    held_out: np.ndarray,
+    settings: Settings,
+) -> FaultDiagnoser:
+    """The configured model trained on rows ``rest`` of the distinct incidents (``held_out``
+    only draws the training curves when there is no validation part)."""
+    features = unique[list(KPI_FEATURES)]
+    train, validation = grouped_split_of(rest, labels, groups, settings)
+    monitored = validation if len(validation) else held_out  # curves only, without a part
+    split = Split(train=train, validation=validation, evaluation=held_out)
+    preprocessor = KpiPreprocessor.fit(
+        features.iloc[train], labels[train], settings.preprocessing,
+        settings.data.config_like_columns,
+    )  # fmt: skip
+    prepared = PreparedData(unique, labels, split, preprocessor, 0, {})
+    result = train_ensemble(
+        prepared.training_inputs(settings.training), labels[train],
+        prepared.inputs(monitored), labels[monitored], settings.training, show_progress=False,
+        targets=prepared.training_targets(settings.training),
+    )  # fmt: skip
+    diagnoser = FaultDiagnoser(preprocessor, result.network)  # type: ignore[arg-type]
+    diagnoser.measure_class_response(features.iloc[train], labels[train])
+    return diagnoser
+
+
 def cross_validate(
     incidents: pd.DataFrame,
     settings: Settings,
@@ -75,23 +104,8 @@ def cross_validate(
     features = unique[list(KPI_FEATURES)]
     config_like = settings.data.config_like_columns
     results = []
-    for fold, held_out in enumerate(group_folds(labels, groups, folds, settings.training.seed)):
-        started = time.perf_counter()
-        rest = np.setdiff1d(np.arange(len(labels)), held_out)
-        train, validation = grouped_split_of(rest, labels, groups, settings)
-        monitored = validation if len(validation) else held_out  # curves only, without a part
-        split = Split(train=train, validation=validation, evaluation=held_out)
-        preprocessor = KpiPreprocessor.fit(
-            features.iloc[train], labels[train], settings.preprocessing, config_like
-        )
-        prepared = PreparedData(unique, labels, split, preprocessor, 0, {})
-        result = train_ensemble(
-            prepared.training_inputs(settings.training), labels[train],
-            prepared.inputs(monitored), labels[monitored], settings.training, show_progress=False,
-            targets=prepared.training_targets(settings.training),
-        )  # fmt: skip
-        diagnoser = FaultDiagnoser(preprocessor, result.network)  # type: ignore[arg-type]
-        diagnoser.measure_class_response(features.iloc[train], labels[train])
+    started = time.perf_counter()
+    for fold, (held_out, diagnoser) in enumerate(fold_models(unique, groups, settings, folds)):
         predicted = diagnoser.diagnose(features.iloc[held_out])["predicted_label"].to_numpy()
         seed = settings.training.seed + fold
 
@@ -112,7 +126,18 @@ def cross_validate(
         results.append(scores)
         if on_fold:
             on_fold(scores)
+        started = time.perf_counter()
     return results
+
+
+def fold_models(
+    unique: pd.DataFrame, groups: np.ndarray, settings: Settings, folds: int
+) -> Iterator[tuple[np.ndarray, FaultDiagnoser]]:
+    """Per fold: the held-out rows of the distinct incidents, and the model trained on the rest."""
+    labels = unique[LABEL].to_numpy().astype(np.int64)
+    for held_out in group_folds(labels, groups, folds, settings.training.seed):
+        rest = np.setdiff1d(np.arange(len(labels)), held_out)
+        yield held_out, fit_fold(unique, labels, groups, rest, held_out, settings)
 
 
 def summary_table(results: list[FoldScores]) -> str:
