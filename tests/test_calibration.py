@@ -159,6 +159,10 @@ def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_othe
     assert sum(map(sum, result["calibrated"]["confusion"])) == 720
     assert result["class_mix"] == pytest.approx([1 / 6] * 6)
     assert len(result["estimated_mixes"]) == 2 and result["mix_error_l1"] < 0.5
+    # Tracked in MLflow beside the drift checks.
+    run = tracking.run_details(load_settings(), result["mlflow_run_id"])
+    assert run is not None and run["tags"]["kind"] == "deployment-evaluation"
+    assert run["metrics"]["calibrated_macro_f1"] == pytest.approx(result["calibrated"]["macro_f1"])
 
     code, out, err = run_cli(["evaluate", str(labelled)], capsys, monkeypatch)
     assert code == 0, err

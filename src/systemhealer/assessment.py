@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from systemhealer.config import FAULT_CLASSES
+from systemhealer import tracking
+from systemhealer.config import FAULT_CLASSES, Settings
 from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import DataValidationError
 from systemhealer.evaluation import EvaluationReport
@@ -114,6 +116,27 @@ def assess_with_deployment(
         class_mix=class_mix(labels),
         estimated_mixes=mixes,
     )
+
+
+def log_assessment(
+    settings: Settings, assessment: DeploymentAssessment, source: str, model: str
+) -> str:
+    """Record the assessment as a run of the monitoring experiment (beside drift checks);
+    returns the MLflow run id."""
+    tags = {"kind": "deployment-evaluation", "source": source, "model": model,
+            "method": assessment.method}  # fmt: skip
+    name = "evaluate-" + (Path(source).name[:80] or "incidents")
+    with tracking.monitoring_run(settings, name, tags) as run_id:
+        metrics = {
+            **assessment.calibrated.metrics("calibrated"),
+            **assessment.uncalibrated.metrics("uncalibrated"),
+            "rows": float(assessment.calibrated.rows),
+        }
+        if assessment.mix_error is not None:
+            metrics["class_mix_error_l1"] = assessment.mix_error
+        tracking.log_metrics(metrics)
+        tracking.log_json(assessment.to_dict(), "evaluation/assessment.json")
+    return run_id
 
 
 def summary_lines(assessment: DeploymentAssessment, class_names: tuple[str, ...]) -> list[str]:

@@ -344,7 +344,7 @@ def evaluate(
     settings = _settings(config)
     report, frame = validation.validate_file(path, settings.data, require_label=True)
     validation.require_valid(report)
-    diagnoser, _ = tracking.load_diagnoser(settings, model_uri)
+    diagnoser, version = tracking.load_diagnoser(settings, model_uri)
     features = frame[list(KPI_FEATURES)].reset_index(drop=True)
     labels = frame[LABEL].to_numpy(dtype="int64")
     if deployment is None:
@@ -358,11 +358,15 @@ def evaluate(
         )
         assert stats is not None  # check_name refuses the training deployment's name
         result = assessment.assess_with_deployment(diagnoser, features, labels, deployment, stats)
+    model = f"version {version.version}" if version else str(model_uri)
+    run_id = assessment.log_assessment(settings, result, str(path), model)
     if as_json:
-        _echo_json(result.to_dict())
+        _echo_json({**result.to_dict(), "model": model, "mlflow_run_id": run_id})
         return
+    typer.echo(f"model {model}")
     for line in assessment.summary_lines(result, settings.serving.class_names):
         typer.echo(line)
+    typer.echo(f"MLflow run {run_id} ({tracking.monitoring_experiment(settings)})")
 
 
 @app.command(name="deployments")
