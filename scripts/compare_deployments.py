@@ -7,6 +7,8 @@ quantile position from the other columns' positions on training incidents; the R
 measured on held-out training incidents, on the other deployment (positions relative to its own
 window), and on held-out incidents with a share of their values swapped within their fault class
 (what ``training.swap_share`` does while training). Equal R² means the same joint structure.
+Then, KPI by KPI, how far each distribution moved (Kolmogorov-Smirnov distance against the
+class-balanced training incidents, and the ratio of the medians): what calibration undoes.
 
     .venv/bin/python scripts/compare_deployments.py data/fault_kpi_train.csv.gz \
         data/fault_kpi_unlabelled_2000.csv.gz
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from systemhealer.config import Settings
@@ -37,6 +40,34 @@ def mean_r2(models: list, positions: np.ndarray, weights: np.ndarray | None = No
 def own_positions(values: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
     """Positions relative to the rows' own window, as calibration would read them."""
     return DeploymentStats.measure("own", values, columns).positions(values)
+
+
+def weighted_ks(a: np.ndarray, weights: np.ndarray, b: np.ndarray) -> float:
+    """Kolmogorov-Smirnov distance between weighted sample ``a`` and sample ``b`` (NaN dropped)."""
+    keep = ~np.isnan(a)
+    a, weights, b = a[keep], weights[keep], b[~np.isnan(b)]
+    if not len(a) or not len(b):
+        return float("nan")
+    order = np.argsort(a)
+    a, cdf_a = a[order], np.cumsum(weights[order]) / weights.sum()
+    points = np.union1d(a, b)
+    at_a = np.concatenate([[0.0], cdf_a])[np.searchsorted(a, points, side="right")]
+    at_b = np.searchsorted(np.sort(b), points, side="right") / len(b)
+    return float(np.abs(at_a - at_b).max())
+
+
+def kpi_by_kpi(
+    training: pd.DataFrame, labels: np.ndarray, other: pd.DataFrame, model_columns: set[str]
+) -> pd.DataFrame:
+    """Per KPI: KS distance (training class-balanced) and the ratio of the medians."""
+    weights = class_balanced_weights(labels)
+    rows = []
+    for column in KPI_FEATURES:
+        a, b = training[column].to_numpy(float), other[column].to_numpy(float)
+        median_a, median_b = np.nanmedian(a), np.nanmedian(b)
+        ratio = median_b / median_a if median_a else float("nan")
+        rows.append((column, weighted_ks(a, weights, b), ratio, column in model_columns))
+    return pd.DataFrame(rows, columns=["kpi", "ks", "median_ratio", "model"])
 
 
 def main() -> None:
@@ -92,6 +123,29 @@ def main() -> None:
         f"| other deployment | {len(other_values)} | "
         f"{mean_r2(models, own_positions(other_values, columns)):.3f} |"
     )
+
+    # KPI by KPI: how far each one's distribution moved (what calibration undoes).
+    other = read_incidents(args.other)
+    table = kpi_by_kpi(features, labels, other, set(columns))
+    constant = set(settings.data.config_like_columns) | {
+        c for c in KPI_FEATURES if features[c].nunique() <= 1
+    }
+    kinds = {
+        "the model's columns": table[table.model],
+        "other KPI columns": table[~table.model & ~table.kpi.isin(constant)],
+        "configuration-like columns": table[table.kpi.isin(settings.data.config_like_columns)],
+    }
+    print("\n| columns | count | KS distance: median | max | with KS > 0.9 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, part in kinds.items():
+        print(
+            f"| {name} | {len(part)} | {part.ks.median():.3f} | {part.ks.max():.3f} | "
+            f"{(part.ks > 0.9).sum()} |"
+        )
+    print("\n| model column | KS distance | median ratio (other / training) |")
+    print("|---|---:|---:|")
+    for row in table[table.model].itertuples():
+        print(f"| {row.kpi} | {row.ks:.3f} | {row.median_ratio:.3g} |")
 
 
 if __name__ == "__main__":
