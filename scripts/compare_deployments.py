@@ -101,7 +101,8 @@ def main() -> None:
     held_values = pre.raw_values(features.iloc[held])
     held_labels = labels[held]
     held_weights = class_balanced_weights(held_labels)
-    other_values = pre.raw_values(read_incidents(args.other))
+    other = read_incidents(args.other)
+    other_values = pre.raw_values(other)
 
     def held_r2(values: np.ndarray) -> float:
         stats = DeploymentStats.measure("held-out", values, columns, held_weights)
@@ -125,7 +126,6 @@ def main() -> None:
     )
 
     # KPI by KPI: how far each one's distribution moved (what calibration undoes).
-    other = read_incidents(args.other)
     table = kpi_by_kpi(features, labels, other, set(columns))
     constant = set(settings.data.config_like_columns) | {
         c for c in KPI_FEATURES if features[c].nunique() <= 1
@@ -135,12 +135,20 @@ def main() -> None:
         "other KPI columns": table[~table.model & ~table.kpi.isin(constant)],
         "configuration-like columns": table[table.kpi.isin(settings.data.config_like_columns)],
     }
-    print("\n| columns | count | KS distance: median | max | with KS > 0.9 |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        f"\n(constant in training, left out: {', '.join(sorted(constant - set(settings.data.config_like_columns)))})"
+    )
+    print(
+        "| columns | count | KS distance: median | max | with KS > 0.9 "
+        "| median ratio: min | max | moved over 100× |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, part in kinds.items():
+        ratio = part.median_ratio.abs()
+        far = ((ratio > 100) | (ratio < 0.01)).sum()
         print(
             f"| {name} | {len(part)} | {part.ks.median():.3f} | {part.ks.max():.3f} | "
-            f"{(part.ks > 0.9).sum()} |"
+            f"{(part.ks > 0.9).sum()} | {ratio.min():.3g} | {ratio.max():.3g} | {far} |"
         )
     print("\n| model column | KS distance | median ratio (other / training) |")
     print("|---|---:|---:|")

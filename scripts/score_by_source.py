@@ -1,15 +1,17 @@
-"""Out-of-fold macro-F1 of the configured model, per source of the training rows.
+"""Out-of-fold macro-F1 of the configured model, per public copy the training rows came from.
 
 The shipped training file was recovered from three public copies of one competition's data
-(`../shared/data/fault_kpi_train_provenance.csv` says which). One of them holds the support
-vectors of a published SVC: the incidents near a class boundary, i.e. the hard ones. Scoring
-each source apart shows what the duplicate-aware cross-validation figures mean for a natural
-sample of incidents. Same folds and models as ``systemhealer crossval``; with ``--without
-PREFIX`` the three shift simulations are also run on each fold's held-out rows whose source
-does not start with PREFIX, beside the same simulations on all held-out rows.
+(`../shared/data/fault_kpi_train_provenance.csv` says which copy each row came from). One of
+them holds the support vectors of a published SVC: incidents near a class boundary, the hard
+ones. Many of those incidents are also in another copy; the others are not. Each distinct
+incident (as ``crossval`` groups them) is counted in every copy one of its rows came from, and
+``--hard PREFIX`` also scores the incidents found *only* in the copy whose name starts with
+PREFIX apart from the rest, and runs the three shift simulations of every fold on the held-out
+incidents without them, beside the same simulations on all held-out incidents. Same folds and
+models as ``systemhealer crossval``.
 
     .venv/bin/python scripts/score_by_source.py data/fault_kpi_train.csv.gz \
-        ../shared/data/fault_kpi_train_provenance.csv --without fresh131
+        ../shared/data/fault_kpi_train_provenance.csv --hard fresh131
 """
 
 from __future__ import annotations
@@ -19,14 +21,23 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from systemhealer import deployments
 from systemhealer.config import load_settings
-from systemhealer.crossval import fold_models
-from systemhealer.data import KPI_FEATURES, LABEL, SAMPLE_ID, read_incidents
+from systemhealer.crossval import fold_models, simulate_fold
+from systemhealer.data import KPI_FEATURES, LABEL, SAMPLE_ID, read_incidents, row_groups
 from systemhealer.evaluation import EvaluationReport
-from systemhealer.features import DeploymentStats
-from systemhealer.shift import SimulatedScores, simulate_deployments
+from systemhealer.shift import SimulatedScores
 from systemhealer.training import distinct_incidents
+
+
+def copies_of(
+    raw: pd.DataFrame, groups: np.ndarray, sources: pd.Series, ignore: tuple[str, ...]
+) -> list[frozenset[str]]:
+    """Per distinct incident (group key): the sources of all raw rows in its group."""
+    raw_groups = row_groups(raw[list(KPI_FEATURES)], ignore=ignore)
+    raw_sources = raw[SAMPLE_ID].map(sources).fillna("unknown")
+    found = pd.DataFrame({"group": raw_groups, "source": raw_sources.to_numpy()})
+    by_group = found.groupby("group")["source"].agg(frozenset)
+    return [by_group[g] for g in groups]
 
 
 def main() -> None:
@@ -34,57 +45,60 @@ def main() -> None:
     parser.add_argument("train", help="labelled training file")
     parser.add_argument("provenance", help="CSV with sample_id and source columns")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--without", help="also simulate deployments without this source")
+    parser.add_argument("--hard", help="name prefix of the copy of hard incidents")
     args = parser.parse_args()
 
     settings = load_settings()
-    unique, groups = distinct_incidents(read_incidents(args.train), settings)
+    raw = read_incidents(args.train)
+    unique, groups = distinct_incidents(raw, settings)
     sources = pd.read_csv(args.provenance).set_index(SAMPLE_ID)["source"]
-    source = unique[SAMPLE_ID].map(sources).fillna("unknown").to_numpy()
+    copies = copies_of(raw, groups, sources, settings.data.config_like_columns)
+    only_hard = np.array(
+        [bool(args.hard) and all(s.startswith(args.hard) for s in c) for c in copies]
+    )
     labels = unique[LABEL].to_numpy().astype(np.int64)
     features = unique[list(KPI_FEATURES)]
     predicted = np.empty(len(labels), dtype=np.int64)
-    simulated: dict[str, list[SimulatedScores]] = {"all": [], f"without {args.without}": []}
+    simulated: dict[str, list[SimulatedScores]] = {"all": [], f"not only in {args.hard}": []}
     for fold, (held_out, diagnoser) in enumerate(fold_models(unique, groups, settings, args.folds)):
         predicted[held_out] = diagnoser.diagnose(features.iloc[held_out])["predicted_label"]
-        if not args.without:
-            continue
-        kept = held_out[~pd.Series(source[held_out]).str.startswith(args.without).to_numpy()]
+        if args.hard:
+            for name, rows in zip(
+                simulated, (held_out, held_out[~only_hard[held_out]]), strict=True
+            ):
+                simulated[name].append(
+                    simulate_fold(diagnoser, features.iloc[rows], labels[rows], settings, fold)
+                )
 
-        def calibrate(window: pd.DataFrame, model=diagnoser) -> DeploymentStats:
-            return deployments.measure(settings, model, "simulated", window)
-
-        for name, rows in zip(simulated, (held_out, kept), strict=True):
-            scores = simulate_deployments(
-                diagnoser, features.iloc[rows], labels[rows], settings.data.config_like_columns,
-                settings.evaluation.shift_copies, settings.training.seed + fold,
-                settings.evaluation.shift_swap_share, calibrate,
-            )  # fmt: skip
-            simulated[name].append(scores)
-
-    print("| source | distinct incidents | class 0 | macro-F1 | class-balanced macro-F1 |")
-    print("|---|---:|---:|---:|---:|")
-    for name in [*sorted(set(source)), "all"]:
-        rows = source == name if name != "all" else np.ones(len(source), dtype=bool)
+    parts = {f"in {s}": np.array([s in c for c in copies]) for s in sorted(set().union(*copies))}
+    if args.hard:
+        parts[f"only in {args.hard}…"] = only_hard
+        parts[f"not only in {args.hard}…"] = ~only_hard
+    parts["all"] = np.ones(len(labels), dtype=bool)
+    print(
+        "| incidents | distinct | class 0 | class 1 | class 2 | macro-F1 | class-balanced macro-F1 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, rows in parts.items():
         report = EvaluationReport.score(labels[rows], predicted[rows])
+        counts = np.bincount(labels[rows], minlength=3)
         print(
-            f"| {name} | {rows.sum()} | {(labels[rows] == 0).mean():.0%} "
+            f"| {name} | {rows.sum()} | {counts[0]} | {counts[1]} | {counts[2]} "
             f"| {report.macro_f1:.4f} | {report.balanced_macro_f1:.4f} |"
         )
-    if args.without:
+    if args.hard:
         print(
-            "\n| held-out rows | shift (calibrated) | skewed mix | swapped values | shift score |"
+            "\n| held-out incidents | shift (calibrated) | skewed mix | swapped values | shift score |"
         )
         print("|---|---:|---:|---:|---:|")
         for name, scores in simulated.items():
             mean = {
-                k: np.mean([getattr(s, k) for s in scores])
+                k: float(np.mean([getattr(s, k) for s in scores]))
                 for k in ("calibrated", "skewed", "swapped")
             }
-            score = np.mean(list(mean.values()))
             print(
                 f"| {name} | {mean['calibrated']:.4f} | {mean['skewed']:.4f} "
-                f"| {mean['swapped']:.4f} | {score:.4f} |"
+                f"| {mean['swapped']:.4f} | {np.mean(list(mean.values())):.4f} |"
             )
 
 

@@ -158,10 +158,12 @@ def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_othe
     assert result["calibrated"]["macro_f1"] > result["uncalibrated"]["macro_f1"] + 0.15
     assert sum(map(sum, result["calibrated"]["confusion"])) == 720
     assert result["class_mix"] == pytest.approx([1 / 6] * 6)
-    assert len(result["estimated_mixes"]) == 2 and result["mix_error_l1"] < 0.5
-    # Tracked in MLflow beside the drift checks.
+    assert len(result["estimated_mixes"]) == len(result["window_mixes"]) == 2
+    assert result["mix_error_l1"] < 0.5 and result["seed"] == 0
+    # Tracked in MLflow beside the drift checks, with the seed that reproduces the halves.
     run = tracking.run_details(load_settings(), result["mlflow_run_id"])
-    assert run is not None and run["tags"]["kind"] == "deployment-evaluation"
+    assert run is not None and run["tags"]["systemhealer.kind"] == "deployment-evaluation"
+    assert run["params"]["seed"] == "0"
     assert run["metrics"]["calibrated_macro_f1"] == pytest.approx(result["calibrated"]["macro_f1"])
 
     code, out, err = run_cli(["evaluate", str(labelled)], capsys, monkeypatch)
@@ -186,7 +188,20 @@ def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_othe
     unlabelled = tmp_path / "unlabelled.csv"
     rows.drop(columns=["label"]).to_csv(unlabelled, index=False)
     code, _, err = run_cli(["evaluate", str(unlabelled)], capsys, monkeypatch)
-    assert code == 1 and "label" in err
+    assert code == 1 and "missing columns: label" in err
+    unknown = tmp_path / "unknown-label.csv"
+    rows.assign(label=rows["label"].where(rows.index != 3, 9)).to_csv(unknown, index=False)
+    code, _, err = run_cli(["evaluate", str(unknown)], capsys, monkeypatch)
+    assert code == 1 and "outside" in err
+    code, _, err = run_cli(
+        ["evaluate", str(labelled), "--deployment", "nowhere"], capsys, monkeypatch
+    )
+    assert code == 3 and "no deployment named 'nowhere'" in err
+    # Halves too small to calibrate from are scored, with a warning.
+    small = tmp_path / "small.csv"
+    apply_shift(rows.iloc[:120], spec).to_csv(small, index=False)
+    code, out, err = run_cli(["evaluate", str(small)], capsys, monkeypatch)
+    assert code == 0 and "small reference windows" in err and "120 labelled incidents" in out
 
 
 def test_halves_never_show_calibration_a_label_or_the_rows_scored(

@@ -24,6 +24,7 @@ from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import DataValidationError
 from systemhealer.evaluation import EvaluationReport
 from systemhealer.features import DeploymentStats
+from systemhealer.shift import cross_calibrated
 
 N_CLASSES = len(FAULT_CLASSES)
 
@@ -33,28 +34,33 @@ class DeploymentAssessment:
     """Scores of one model on one labelled set, calibrated and not."""
 
     method: str  # "halves" or "deployment NAME"
+    seed: int | None  # of the split into halves
     calibrated: EvaluationReport
     uncalibrated: EvaluationReport
     class_mix: list[float]  # the set's actual mix, from its labels
-    # The mix each calibration window was estimated (and read) at; empty when not estimated.
+    # Per calibration window: the mix it was estimated (and read) at, and its actual mix when
+    # the window is part of the set (halves); empty when nothing was estimated.
     estimated_mixes: list[list[float]]
+    window_mixes: list[list[float]]
 
     @property
     def mix_error(self) -> float | None:
-        """Mean L1 distance between the estimated mixes and the set's actual mix."""
-        if not self.estimated_mixes:
+        """Mean L1 distance between each window's estimated and actual class mix (halves)."""
+        if not self.estimated_mixes or len(self.window_mixes) != len(self.estimated_mixes):
             return None
-        actual = np.asarray(self.class_mix)
-        return float(np.mean([np.abs(np.asarray(m) - actual).sum() for m in self.estimated_mixes]))
+        pairs = zip(self.estimated_mixes, self.window_mixes, strict=True)
+        return float(np.mean([np.abs(np.subtract(e, a)).sum() for e, a in pairs]))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
+            "seed": self.seed,
             "rows": self.calibrated.rows,
             "calibrated": self.calibrated.to_dict(),
             "uncalibrated": self.uncalibrated.to_dict(),
             "class_mix": self.class_mix,
             "estimated_mixes": self.estimated_mixes,
+            "window_mixes": self.window_mixes,
             "mix_error_l1": self.mix_error,
         }
 
@@ -64,7 +70,9 @@ def class_mix(labels: np.ndarray) -> list[float]:
     return (counts / max(len(labels), 1)).tolist()
 
 
-def _predicted(diagnoser: FaultDiagnoser, features: pd.DataFrame, stats: DeploymentStats | None):
+def _predicted(
+    diagnoser: FaultDiagnoser, features: pd.DataFrame, stats: DeploymentStats | None
+) -> np.ndarray:
     return diagnoser.diagnose(features, stats)["predicted_label"].to_numpy()
 
 
@@ -82,21 +90,18 @@ def assess_with_halves(
     if len(labels) < 2:
         raise DataValidationError("a labelled set needs at least 2 incidents to be split in halves")
     features = features.reset_index(drop=True)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    halves = (order[: len(order) // 2], order[len(order) // 2 :])
-    predicted = np.empty(len(labels), dtype=np.int64)
-    mixes = []
-    for reference, scored in (halves, halves[::-1]):
-        stats = calibrate(features.iloc[reference].reset_index(drop=True))
-        if stats.reference_mix is not None:
-            mixes.append([float(s) for s in stats.reference_mix])
-        predicted[scored] = _predicted(diagnoser, features.iloc[scored], stats)
+    predicted, windows = cross_calibrated(
+        diagnoser, features, calibrate, np.random.default_rng(seed)
+    )
+    estimated = [w for w in windows if w.stats.reference_mix is not None]
     return DeploymentAssessment(
         method="halves",
+        seed=seed,
         calibrated=EvaluationReport.score(labels, predicted),
         uncalibrated=EvaluationReport.score(labels, _predicted(diagnoser, features, None)),
         class_mix=class_mix(labels),
-        estimated_mixes=mixes,
+        estimated_mixes=[[float(s) for s in w.stats.reference_mix] for w in estimated],  # type: ignore[union-attr]
+        window_mixes=[class_mix(labels[w.reference]) for w in estimated],
     )
 
 
@@ -107,14 +112,17 @@ def assess_with_deployment(
     name: str,
     stats: DeploymentStats,
 ) -> DeploymentAssessment:
-    """Score every incident with an already calibrated deployment's statistics."""
+    """Score every incident with an already calibrated deployment's statistics (its reference
+    window's estimated mix is reported; that window's actual mix is unknown)."""
     mixes = [] if stats.reference_mix is None else [[float(s) for s in stats.reference_mix]]
     return DeploymentAssessment(
         method=f"deployment {name}",
+        seed=None,
         calibrated=EvaluationReport.score(labels, _predicted(diagnoser, features, stats)),
         uncalibrated=EvaluationReport.score(labels, _predicted(diagnoser, features, None)),
         class_mix=class_mix(labels),
         estimated_mixes=mixes,
+        window_mixes=[],
     )
 
 
@@ -123,10 +131,12 @@ def log_assessment(
 ) -> str:
     """Record the assessment as a run of the monitoring experiment (beside drift checks);
     returns the MLflow run id."""
-    tags = {"kind": "deployment-evaluation", "source": source, "model": model,
+    tags = {"systemhealer.kind": "deployment-evaluation", "source": source, "model": model,
             "method": assessment.method}  # fmt: skip
     name = "evaluate-" + (Path(source).name[:80] or "incidents")
     with tracking.monitoring_run(settings, name, tags) as run_id:
+        if assessment.seed is not None:
+            tracking.log_params({"seed": assessment.seed})
         metrics = {
             **assessment.calibrated.metrics("calibrated"),
             **assessment.uncalibrated.metrics("uncalibrated"),
@@ -163,10 +173,17 @@ def summary_lines(assessment: DeploymentAssessment, class_names: tuple[str, ...]
         ),
         f"actual class mix: {shares(assessment.class_mix)}",
     ]
-    for i, mix in enumerate(assessment.estimated_mixes):
-        lines.append(f"estimated class mix of window {i + 1}: {shares(mix)}")
-    if assessment.mix_error is not None:
-        lines.append(f"class-mix estimate off by {assessment.mix_error:.3f} (L1, mean)")
+    if assessment.window_mixes:
+        for i, (estimated, actual) in enumerate(
+            zip(assessment.estimated_mixes, assessment.window_mixes, strict=True)
+        ):
+            lines.append(f"half {i + 1}, estimated class mix: {shares(estimated)}")
+            lines.append(f"half {i + 1}, actual class mix:    {shares(actual)}")
+        lines.append(
+            f"class-mix estimate off by {assessment.mix_error:.3f} (L1, mean of the halves)"
+        )
+    for mix in assessment.estimated_mixes if not assessment.window_mixes else []:
+        lines.append(f"the deployment's reference window, estimated class mix: {shares(mix)}")
     lines.append("confusion (rows: actual, columns: diagnosed), calibrated:")
     lines += ["  " + " ".join(f"{n:>5d}" for n in row) for row in cal.confusion]
     return lines

@@ -317,6 +317,9 @@ def calibrate(
     )
 
 
+SMALL_WINDOW = 100  # incidents; docs/calibration.md measures smaller windows losing ~0.04
+
+
 @app.command()
 def evaluate(
     path: Annotated[
@@ -342,21 +345,28 @@ def evaluate(
     from systemhealer.data import KPI_FEATURES, LABEL
 
     settings = _settings(config)
+    if deployment is not None:
+        deployments.load_reference(settings, deployments.check_name(deployment))  # exists?
     report, frame = validation.validate_file(path, settings.data, require_label=True)
     validation.require_valid(report)
     diagnoser, version = tracking.load_diagnoser(settings, model_uri)
     features = frame[list(KPI_FEATURES)].reset_index(drop=True)
     labels = frame[LABEL].to_numpy(dtype="int64")
     if deployment is None:
+        if len(labels) // 2 < SMALL_WINDOW:
+            typer.echo(
+                f"warning: halves of {len(labels) // 2} incidents are small reference windows "
+                f"(calibration wants a few hundred); expect lower calibrated scores",
+                err=True,
+            )
         result = assessment.assess_with_halves(
             diagnoser, features, labels,
             lambda window: deployments.measure(settings, diagnoser, "halves", window), seed,
         )  # fmt: skip
     else:
-        stats = deployments.deployment_stats(
-            settings, diagnoser, deployments.check_name(deployment)
-        )
-        assert stats is not None  # check_name refuses the training deployment's name
+        stats = deployments.deployment_stats(settings, diagnoser, deployment)
+        if stats is None:  # not reached: check_name refuses the training deployment's name
+            raise typer.BadParameter("name a calibrated deployment", param_hint="--deployment")
         result = assessment.assess_with_deployment(diagnoser, features, labels, deployment, stats)
     model = f"version {version.version}" if version else str(model_uri)
     run_id = assessment.log_assessment(settings, result, str(path), model)

@@ -21,7 +21,7 @@ from systemhealer.data import KPI_FEATURES, LABEL, Split
 from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.evaluation import balanced_macro_f1, macro_f1
 from systemhealer.features import DeploymentStats, KpiPreprocessor
-from systemhealer.shift import shift_score, simulate_deployments
+from systemhealer.shift import SimulatedScores, shift_score, simulate_deployments
 from systemhealer.training import (
     PreparedData,
     distinct_incidents,
@@ -102,21 +102,13 @@ def cross_validate(
     unique, groups = distinct_incidents(incidents, settings)
     labels = unique[LABEL].to_numpy().astype(np.int64)
     features = unique[list(KPI_FEATURES)]
-    config_like = settings.data.config_like_columns
     results = []
     started = time.perf_counter()
     for fold, (held_out, diagnoser) in enumerate(fold_models(unique, groups, settings, folds)):
         predicted = diagnoser.diagnose(features.iloc[held_out])["predicted_label"].to_numpy()
-        seed = settings.training.seed + fold
-
-        def calibrate(window: pd.DataFrame, model: FaultDiagnoser = diagnoser) -> DeploymentStats:
-            return deployments.measure(settings, model, "simulated", window)
-
-        simulated = simulate_deployments(
-            diagnoser, features.iloc[held_out], labels[held_out], config_like,
-            settings.evaluation.shift_copies, seed, settings.evaluation.shift_swap_share,
-            calibrate,
-        )  # fmt: skip
+        simulated = simulate_fold(
+            diagnoser, features.iloc[held_out], labels[held_out], settings, fold
+        )
         scores = FoldScores(
             fold, len(held_out), macro_f1(labels[held_out], predicted),
             balanced_macro_f1(labels[held_out], predicted), simulated.calibrated,
@@ -128,6 +120,25 @@ def cross_validate(
             on_fold(scores)
         started = time.perf_counter()
     return results
+
+
+def simulate_fold(
+    diagnoser: FaultDiagnoser,
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    settings: Settings,
+    fold: int,
+) -> SimulatedScores:
+    """The three shift simulations of one fold's held-out rows, as ``crossval`` runs them."""
+
+    def calibrate(window: pd.DataFrame) -> DeploymentStats:
+        return deployments.measure(settings, diagnoser, "simulated", window)
+
+    return simulate_deployments(
+        diagnoser, features, labels, settings.data.config_like_columns,
+        settings.evaluation.shift_copies, settings.training.seed + fold,
+        settings.evaluation.shift_swap_share, calibrate,
+    )  # fmt: skip
 
 
 def fold_models(

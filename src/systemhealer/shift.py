@@ -180,6 +180,36 @@ def shifted_copies(
     return copies
 
 
+@dataclass(frozen=True)
+class CalibrationWindow:
+    """One half of a set, used (without labels) to calibrate the scoring of the other half."""
+
+    reference: np.ndarray  # row positions of the window
+    scored: np.ndarray  # row positions scored with its statistics
+    stats: DeploymentStats
+
+
+def cross_calibrated(
+    diagnoser: object,
+    features: pd.DataFrame,
+    calibrate: Callable[[pd.DataFrame], DeploymentStats],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[CalibrationWindow]]:
+    """Diagnoses of every row of ``features``, split at random into halves A and B: A
+    calibrates the scoring of B and B of A, so no row is scored with statistics it took part
+    in. ``calibrate`` sees KPI values only (what the caller passes in ``features``)."""
+    order = rng.permutation(len(features))
+    halves = (order[: len(order) // 2], order[len(order) // 2 :])
+    predicted = np.empty(len(features), dtype=np.int64)
+    windows = []
+    for reference, scored in (halves, halves[::-1]):
+        stats = calibrate(features.iloc[reference].reset_index(drop=True))
+        diagnoses = diagnoser.diagnose(features.iloc[scored], stats)  # type: ignore[attr-defined]
+        predicted[scored] = diagnoses["predicted_label"].to_numpy()
+        windows.append(CalibrationWindow(reference, scored, stats))
+    return predicted, windows
+
+
 def shift_scores(
     diagnoser: object,
     copies: list[tuple[pd.DataFrame, np.ndarray]],
@@ -192,20 +222,12 @@ def shift_scores(
     Uncalibrated = training statistics."""
     rng = np.random.default_rng(seed + 1)
     calibrated, uncalibrated, rows = [], [], 0
+
+    def plain_quantiles(window: pd.DataFrame) -> DeploymentStats:
+        return diagnoser.preprocessor.measure_deployment("simulated", window)  # type: ignore[attr-defined]
+
     for features, labels in copies:
-        order = rng.permutation(len(labels))
-        halves = (order[: len(order) // 2], order[len(order) // 2 :])
-        predicted = np.empty(len(labels), dtype=np.int64)
-        for reference, scored in (halves, halves[::-1]):
-            window = features.iloc[reference]
-            stats = (
-                calibrate(window)
-                if calibrate
-                else diagnoser.preprocessor.measure_deployment("simulated", window)  # type: ignore[attr-defined]
-            )
-            predicted[scored] = diagnoser.diagnose(features.iloc[scored], stats)[
-                "predicted_label"
-            ].to_numpy()  # type: ignore[attr-defined]
+        predicted, _ = cross_calibrated(diagnoser, features, calibrate or plain_quantiles, rng)
         calibrated.append(macro_f1(labels, predicted))
         plain = diagnoser.diagnose(features)["predicted_label"].to_numpy()  # type: ignore[attr-defined]
         uncalibrated.append(macro_f1(labels, plain))

@@ -325,7 +325,7 @@ def _issue_from_result(frame: pd.DataFrame, result: Any, blocking: bool) -> Vali
         return ValidationIssue(
             "fault_classes",
             f"'{column}' has {details.get('observed_value')} fault class(es); "
-            f"training needs at least {kwargs['min_value']}",
+            f"a labelled file needs at least {kwargs['min_value']}",
             blocking,
             column,
         )
