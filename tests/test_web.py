@@ -255,7 +255,9 @@ def test_train_two_models_in_the_browser(
 
 
 @pytest.mark.timeout(300)
-def test_diagnose_a_file_and_one_incident(web: Watched, server: WebServer, tmp_path: Path) -> None:
+def test_diagnose_a_file_and_one_incident(
+    web: Watched, server: WebServer, tmp_path: Path, small_training_csv: Path
+) -> None:
     page = web.page
     web.goto("/ui/diagnose")
     # A bad file, dropped on the page, is refused with a message.
@@ -306,6 +308,14 @@ def test_diagnose_a_file_and_one_incident(web: Watched, server: WebServer, tmp_p
         page.click("[data-testid=download-json]")
     as_json = json.loads(Path(download.value.path()).read_text())
     assert len(as_json) == 2000 and as_json[0]["sample_id"] == from_cli["sample_id"][0]
+
+    # A file with a label column: the diagnoses are also compared with its labels.
+    page.set_input_files("#diag-file", str(small_training_csv))
+    scored = page.locator("[data-testid=label-scores]")
+    scored.wait_for(timeout=120_000)
+    assert page.locator("#chart-label-confusion rect.cell").count() == 36
+    assert "macro-F1" in scored.inner_text()
+    web.shot("diagnose-labelled-file")
 
     # One incident, pasted as JSON (filled from the champion's logged example).
     page.click("[data-tab=json]")

@@ -156,6 +156,37 @@ def test_diagnosis_job_table_and_downloads(
     assert len(as_json) == 300 and len(as_json[0]["probabilities"]) == 6
 
 
+def test_a_labelled_file_is_also_scored_against_its_labels(
+    client: TestClient, training_frame: pd.DataFrame
+) -> None:
+    labelled = training_frame.groupby("label").head(20).reset_index(drop=True)
+
+    def diagnose(frame: pd.DataFrame) -> dict[str, Any]:
+        upload = client.post(
+            "/ui/api/uploads",
+            files={"file": ("labelled.csv", _csv(frame), "text/csv")},
+            data={"purpose": "diagnose"},
+        ).json()
+        assert upload["ok"] is True, upload
+        job = client.post("/ui/api/diagnosis-jobs", json={"upload_id": upload["upload_id"]})
+        done = _wait_job(client, job.json()["id"])
+        assert done["status"] == "succeeded", done
+        return done
+
+    done = diagnose(labelled)
+    report = done["result"]["label_scores"]["report"]
+    assert report["rows"] == 120 and sum(map(sum, report["confusion"])) == 120
+    csv = client.get(f"/ui/api/jobs/{done['id']}/download/diagnoses.csv").content
+    predicted = pd.read_csv(io.BytesIO(csv))["predicted_label"]
+    assert report["accuracy"] == pytest.approx((predicted == labelled["label"]).mean())
+    # A label column that is not all fault classes is reported, and the diagnoses still made.
+    broken = labelled.assign(label=labelled["label"].where(labelled.index != 7, 9))
+    result = diagnose(broken)["result"]
+    assert result["rows"] == 120 and "1 of 120 labels" in result["label_scores"]["unusable"]
+    # Without a label column, nothing is claimed.
+    assert "label_scores" not in diagnose(labelled.drop(columns=["label"]))["result"]
+
+
 def test_a_bad_file_to_diagnose_is_refused_with_a_message(client: TestClient) -> None:
     answer = client.post(
         "/ui/api/uploads",

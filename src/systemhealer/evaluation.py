@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.metrics import (
     accuracy_score,
@@ -90,6 +91,19 @@ class EvaluationReport:
             "confusion": self.confusion,
             "rows": self.rows,
         }
+
+
+def scores_against_labels(labels: pd.Series, predicted: np.ndarray) -> dict[str, Any] | None:
+    """When a file handed in for diagnosis carries a ``label`` column: how the diagnoses compare
+    with it (``report``), or why the column cannot be used (``unusable``). None without one."""
+    values = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=np.float64)
+    known = np.isin(values, FAULT_CLASSES)
+    if not known.all():
+        return {
+            "unusable": f"{int((~known).sum())} of {len(values)} labels are not fault classes "
+            f"{FAULT_CLASSES[0]}–{FAULT_CLASSES[-1]} (or are missing); diagnoses not scored"
+        }
+    return {"report": EvaluationReport.score(values.astype(np.int64), predicted).to_dict()}
 
 
 def plot_confusion(report: EvaluationReport, class_names: tuple[str, ...], path: Path) -> Path:

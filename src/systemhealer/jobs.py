@@ -699,8 +699,9 @@ class DiagnosisExecutor:
     load_model: ModelLoader
 
     def __call__(self, job: Job) -> None:
-        from systemhealer.data import read_incidents, write_table
+        from systemhealer.data import LABEL, read_incidents, write_table
         from systemhealer.deployments import deployment_stats
+        from systemhealer.evaluation import scores_against_labels
         from systemhealer.scoring import atomic_write, diagnose_frame
         from systemhealer.validation import require_valid, validate_frame
 
@@ -759,6 +760,10 @@ class DiagnosisExecutor:
             source=job.source,
             warnings=len(validation.warnings),
         )
+        if LABEL in frame.columns:  # a labelled file: how the diagnoses compare with its labels
+            summary["label_scores"] = scores_against_labels(
+                frame[LABEL], diagnoses["predicted_label"].to_numpy()
+            )
         write_json(folder / "result.json", summary)
         report(stage="done")
 

@@ -358,6 +358,22 @@
         figure(SH.t("diagnose.mean_confidence"), SH.pct(summary.mean_confidence)),
         figure(SH.t("diagnose.low_confidence"), SH.int(summary.low_confidence), SH.t("diagnose.low_confidence_hint")),
         figure(SH.t("diagnose.most_common"), summary.rows ? names[top] : "—"))));
+    const scored = summary.label_scores;
+    if (scored && scored.unusable) {
+      container.appendChild(h("div.alert.warn", { "data-testid": "label-scores" }, SH.t("diagnose.labels_unusable"), " ", scored.unusable));
+    } else if (scored && scored.report) {
+      // The file carried a label column: how the diagnoses compare with it.
+      const r = scored.report;
+      const confBox = SH.chartBox("diagnose.label_confusion", "chart-label-confusion");
+      container.appendChild(h("div.grid.two", { "data-testid": "label-scores" },
+        h("div.panel", h("h3", SH.t("diagnose.label_scores")), h("p.muted.small", SH.t("diagnose.label_scores_hint")),
+          h("div.figures",
+            figure(SH.t("metric.macro_f1"), SH.num(r.macro_f1)),
+            figure(SH.t("metric.balanced_macro_f1"), SH.num(r.balanced_macro_f1)),
+            figure(SH.t("metric.eval_accuracy"), SH.num(r.accuracy)))),
+        confBox));
+      Charts.heatmap(confBox.querySelector(".chart"), { matrix: r.confusion, rowLabels: names, colLabels: names, xTitle: SH.t("chart.predicted"), yTitle: SH.t("chart.true") });
+    }
     if (summary.rows === 1 && summary.diagnoses) {
       // One incident: how likely each fault class is says more than distributions of one.
       const only = summary.diagnoses[0];
