@@ -8,7 +8,7 @@ incident (as ``crossval`` groups them) is counted in every copy one of its rows 
 ``--hard PREFIX`` also scores the incidents found *only* in the copy whose name starts with
 PREFIX apart from the rest, and runs the three shift simulations of every fold on the held-out
 incidents without them, beside the same simulations on all held-out incidents. Same folds and
-models as ``systemhealer crossval``.
+models as ``systemhealer crossval``; ``--train-without-hard`` trains them without those.
 
     .venv/bin/python scripts/score_by_source.py data/fault_kpi_train.csv.gz \
         ../shared/data/fault_kpi_train_provenance.csv --hard fresh131
@@ -30,14 +30,21 @@ from systemhealer.training import distinct_incidents
 
 
 def copies_of(
-    raw: pd.DataFrame, groups: np.ndarray, sources: pd.Series, ignore: tuple[str, ...]
+    raw: pd.DataFrame,
+    unique: pd.DataFrame,
+    groups: np.ndarray,
+    sources: pd.Series,
+    ignore: tuple[str, ...],
 ) -> list[frozenset[str]]:
-    """Per distinct incident (group key): the sources of all raw rows in its group."""
-    raw_groups = row_groups(raw[list(KPI_FEATURES)], ignore=ignore)
-    raw_sources = raw[SAMPLE_ID].map(sources).fillna("unknown")
-    found = pd.DataFrame({"group": raw_groups, "source": raw_sources.to_numpy()})
-    by_group = found.groupby("group")["source"].agg(frozenset)
-    return [by_group[g] for g in groups]
+    """Per distinct incident (near-copy group and label, as ``distinct_incidents`` keeps them
+    apart): the sources of all raw rows that are copies of it."""
+    found = pd.DataFrame({
+        "group": row_groups(raw[list(KPI_FEATURES)], ignore=ignore),
+        "label": raw[LABEL].to_numpy(),
+        "source": raw[SAMPLE_ID].map(sources).fillna("unknown").to_numpy(),
+    })  # fmt: skip
+    by_incident = found.groupby(["group", "label"])["source"].agg(frozenset)
+    return [by_incident[(g, y)] for g, y in zip(groups, unique[LABEL], strict=True)]
 
 
 def main() -> None:
@@ -46,13 +53,18 @@ def main() -> None:
     parser.add_argument("provenance", help="CSV with sample_id and source columns")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--hard", help="name prefix of the copy of hard incidents")
+    parser.add_argument(
+        "--train-without-hard",
+        action="store_true",
+        help="never train on the incidents found only in the --hard copy (still scored)",
+    )
     args = parser.parse_args()
 
     settings = load_settings()
     raw = read_incidents(args.train)
     unique, groups = distinct_incidents(raw, settings)
     sources = pd.read_csv(args.provenance).set_index(SAMPLE_ID)["source"]
-    copies = copies_of(raw, groups, sources, settings.data.config_like_columns)
+    copies = copies_of(raw, unique, groups, sources, settings.data.config_like_columns)
     only_hard = np.array(
         [bool(args.hard) and all(s.startswith(args.hard) for s in c) for c in copies]
     )
@@ -60,7 +72,9 @@ def main() -> None:
     features = unique[list(KPI_FEATURES)]
     predicted = np.empty(len(labels), dtype=np.int64)
     simulated: dict[str, list[SimulatedScores]] = {"all": [], f"not only in {args.hard}": []}
-    for fold, (held_out, diagnoser) in enumerate(fold_models(unique, groups, settings, args.folds)):
+    never_train = only_hard if args.train_without_hard else None
+    models = fold_models(unique, groups, settings, args.folds, never_train)
+    for fold, (held_out, diagnoser) in enumerate(models):
         predicted[held_out] = diagnoser.diagnose(features.iloc[held_out])["predicted_label"]
         if args.hard:
             for name, rows in zip(
@@ -80,6 +94,9 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, rows in parts.items():
+        if not rows.any():
+            print(f"| {name} | 0 | | | | | |")
+            continue
         report = EvaluationReport.score(labels[rows], predicted[rows])
         counts = np.bincount(labels[rows], minlength=3)
         print(

@@ -47,6 +47,16 @@ def test_missing_columns_and_missing_label(frame: pd.DataFrame) -> None:
     assert "label" not in check(frame.drop(columns=["label"]), require_label=False).summary()
 
 
+def test_text_labels_block_training_but_only_warn_when_diagnosing(frame: pd.DataFrame) -> None:
+    named = frame.astype({"label": object})
+    named.loc[3, "label"] = "disk fault"
+    training = check(named)
+    assert not training.ok and "type" in [i.check for i in training.errors]
+    diagnosing = check(named, require_label=False)
+    assert diagnosing.ok, diagnosing.to_text()
+    assert [(i.check, i.column) for i in diagnosing.warnings] == [("type", "label")]
+
+
 def test_row_count_and_class_count(frame: pd.DataFrame) -> None:
     assert {i.check for i in check(frame.head(10)).errors} >= {"row_count"}
     single = frame.copy()

@@ -182,9 +182,17 @@ def test_a_labelled_file_is_also_scored_against_its_labels(
     # A label column that is not all fault classes is reported, and the diagnoses still made.
     broken = labelled.assign(label=labelled["label"].where(labelled.index != 7, 9))
     result = diagnose(broken)["result"]
-    assert result["rows"] == 120 and "1 of 120 labels" in result["label_scores"]["unusable"]
-    # Without a label column, nothing is claimed.
+    assert result["rows"] == 120
+    assert result["label_scores"]["unusable"] == {"bad": 1, "rows": 120}
+    # Text in it: a warning, not a refusal (labels are not needed to diagnose).
+    named = labelled.astype({"label": object})
+    named.loc[:4, "label"] = "Class 3"
+    done = diagnose(named.rename(columns={"label": " label "}))
+    assert done["result"]["label_scores"]["unusable"] == {"bad": 5, "rows": 120}
+    assert done["result"]["warnings"] >= 1
+    # Without a label column, or with an empty one, nothing is claimed.
     assert "label_scores" not in diagnose(labelled.drop(columns=["label"]))["result"]
+    assert "label_scores" not in diagnose(labelled.assign(label=np.nan))["result"]
 
 
 def test_a_bad_file_to_diagnose_is_refused_with_a_message(client: TestClient) -> None:

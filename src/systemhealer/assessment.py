@@ -93,7 +93,8 @@ def assess_with_halves(
     predicted, windows = cross_calibrated(
         diagnoser, features, calibrate, np.random.default_rng(seed)
     )
-    estimated = [w for w in windows if w.stats.reference_mix is not None]
+    # Both halves' mixes or none (a half too small to estimate from is read as it is).
+    estimated = windows if all(w.stats.reference_mix is not None for w in windows) else []
     return DeploymentAssessment(
         method="halves",
         seed=seed,

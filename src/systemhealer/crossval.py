@@ -142,12 +142,19 @@ def simulate_fold(
 
 
 def fold_models(
-    unique: pd.DataFrame, groups: np.ndarray, settings: Settings, folds: int
+    unique: pd.DataFrame,
+    groups: np.ndarray,
+    settings: Settings,
+    folds: int,
+    never_train: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, FaultDiagnoser]]:
-    """Per fold: the held-out rows of the distinct incidents, and the model trained on the rest."""
+    """Per fold: the held-out rows of the distinct incidents, and the model trained on the rest
+    (without the rows flagged in ``never_train``, which are still held out in their fold)."""
     labels = unique[LABEL].to_numpy().astype(np.int64)
     for held_out in group_folds(labels, groups, folds, settings.training.seed):
         rest = np.setdiff1d(np.arange(len(labels)), held_out)
+        if never_train is not None:
+            rest = rest[~never_train[rest]]
         yield held_out, fit_fold(unique, labels, groups, rest, held_out, settings)
 
 

@@ -95,14 +95,14 @@ class EvaluationReport:
 
 def scores_against_labels(labels: pd.Series, predicted: np.ndarray) -> dict[str, Any] | None:
     """When a file handed in for diagnosis carries a ``label`` column: how the diagnoses compare
-    with it (``report``), or why the column cannot be used (``unusable``). None without one."""
+    with it (``report``), or how many labels are not fault classes (``unusable``: ``bad`` of
+    ``rows``), in which case nothing is scored. None when the column holds no label at all."""
     values = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=np.float64)
+    if labels.isna().all():
+        return None
     known = np.isin(values, FAULT_CLASSES)
     if not known.all():
-        return {
-            "unusable": f"{int((~known).sum())} of {len(values)} labels are not fault classes "
-            f"{FAULT_CLASSES[0]}–{FAULT_CLASSES[-1]} (or are missing); diagnoses not scored"
-        }
+        return {"unusable": {"bad": int((~known).sum()), "rows": len(values)}}
     return {"report": EvaluationReport.score(values.astype(np.int64), predicted).to_dict()}
 
 

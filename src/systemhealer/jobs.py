@@ -760,10 +760,14 @@ class DiagnosisExecutor:
             source=job.source,
             warnings=len(validation.warnings),
         )
-        if LABEL in frame.columns:  # a labelled file: how the diagnoses compare with its labels
-            summary["label_scores"] = scores_against_labels(
-                frame[LABEL], diagnoses["predicted_label"].to_numpy()
-            )
+        # A labelled file: how the diagnoses compare with its labels, as they were written
+        # (validation turned text in them to missing values).
+        label = next((c for c in raw.columns if str(c).strip() == LABEL), None)
+        if label is not None:
+            predicted = diagnoses["predicted_label"].to_numpy()
+            scores = scores_against_labels(raw[label].reset_index(drop=True), predicted)
+            if scores is not None:
+                summary["label_scores"] = scores
         write_json(folder / "result.json", summary)
         report(stage="done")
 

@@ -378,7 +378,8 @@ def validate_frame(
                 f"'{bad.column}' must be numeric but has text in {bad.count} row(s), e.g. "
                 f"{', '.join(repr(e) for e in bad.examples)} at {_rows_text(bad.rows, bad.count)}"
                 + (f" (sample_id {', '.join(refs)})" if refs else ""),
-                True,
+                # Labels are not needed to diagnose: there, text in them is only a warning.
+                require_label or bad.column != LABEL,
                 bad.column,
                 bad.rows,
                 refs,

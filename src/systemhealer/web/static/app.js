@@ -360,7 +360,7 @@
         figure(SH.t("diagnose.most_common"), summary.rows ? names[top] : "—"))));
     const scored = summary.label_scores;
     if (scored && scored.unusable) {
-      container.appendChild(h("div.alert.warn", { "data-testid": "label-scores" }, SH.t("diagnose.labels_unusable"), " ", scored.unusable));
+      container.appendChild(h("div.alert.warn", { "data-testid": "label-scores" }, SH.t("diagnose.labels_unusable", { bad: SH.int(scored.unusable.bad), rows: SH.int(scored.unusable.rows) })));
     } else if (scored && scored.report) {
       // The file carried a label column: how the diagnoses compare with it.
       const r = scored.report;
