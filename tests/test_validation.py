@@ -55,6 +55,10 @@ def test_text_labels_block_training_but_only_warn_when_diagnosing(frame: pd.Data
     diagnosing = check(named, require_label=False)
     assert diagnosing.ok, diagnosing.to_text()
     assert [(i.check, i.column) for i in diagnosing.warnings] == [("type", "label")]
+    # A label column spelled otherwise is not read as one, and the report says so.
+    renamed = check(frame.rename(columns={"label": "Label"}), require_label=False)
+    assert renamed.ok and [i.check for i in renamed.warnings] == ["label_name"]
+    assert "name it 'label'" in renamed.warnings[0].message
 
 
 def test_row_count_and_class_count(frame: pd.DataFrame) -> None:

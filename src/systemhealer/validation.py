@@ -406,6 +406,16 @@ def validate_frame(
                 count=int(all_missing.sum()),
             )
         )
+    lookalikes = [c for c in frame.columns if c != LABEL and c.lower() == LABEL]
+    if lookalikes and LABEL not in frame.columns:
+        report.issues.append(
+            ValidationIssue(
+                "label_name",
+                f"column '{lookalikes[0]}' is not read as the fault class: name it '{LABEL}'",
+                blocking=False,
+                column=lookalikes[0],
+            )
+        )
     if profile is not None and report.ok and len(frame):
         drift_issues, checks = _drift_check(frame, profile, settings)
         report.issues.extend(drift_issues)
