@@ -151,9 +151,18 @@ def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_othe
     labelled = tmp_path / "other-site.csv"
     apply_shift(rows, spec).to_csv(labelled, index=False)
 
-    code, out, err = run_cli(["evaluate", str(labelled), "--json"], capsys, monkeypatch)
+    per_incident = tmp_path / "per-incident.csv"
+    code, out, err = run_cli(
+        ["evaluate", str(labelled), "--json", "-o", str(per_incident)], capsys, monkeypatch
+    )
     assert code == 0, err
     result = json.loads(out)
+    table = pd.read_csv(per_incident)
+    assert list(table["sample_id"]) == list(rows["sample_id"])
+    assert list(table["label"]) == list(rows["label"])
+    assert table["correct"].mean() == pytest.approx(result["calibrated"]["accuracy"])
+    uncalibrated = (table["predicted_label_uncalibrated"] == table["label"]).mean()
+    assert uncalibrated == pytest.approx(result["uncalibrated"]["accuracy"])
     assert result["method"] == "halves" and result["rows"] == 720
     assert result["calibrated"]["macro_f1"] > result["uncalibrated"]["macro_f1"] + 0.15
     assert sum(map(sum, result["calibrated"]["confusion"])) == 720

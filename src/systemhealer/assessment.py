@@ -11,7 +11,7 @@ instead, and the set is not used for calibration at all.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,9 @@ class DeploymentAssessment:
     # the window is part of the set (halves); empty when nothing was estimated.
     estimated_mixes: list[list[float]]
     window_mixes: list[list[float]]
+    # Per incident, in the set's order: the diagnosis calibrated and uncalibrated.
+    calibrated_labels: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, int))
+    uncalibrated_labels: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, int))
 
     @property
     def mix_error(self) -> float | None:
@@ -93,16 +96,19 @@ def assess_with_halves(
     predicted, windows = cross_calibrated(
         diagnoser, features, calibrate, np.random.default_rng(seed)
     )
+    plain = _predicted(diagnoser, features, None)
     # Both halves' mixes or none (a half too small to estimate from is read as it is).
     estimated = windows if all(w.stats.reference_mix is not None for w in windows) else []
     return DeploymentAssessment(
         method="halves",
         seed=seed,
         calibrated=EvaluationReport.score(labels, predicted),
-        uncalibrated=EvaluationReport.score(labels, _predicted(diagnoser, features, None)),
+        uncalibrated=EvaluationReport.score(labels, plain),
         class_mix=class_mix(labels),
         estimated_mixes=[[float(s) for s in w.stats.reference_mix] for w in estimated],  # type: ignore[union-attr]
         window_mixes=[class_mix(labels[w.reference]) for w in estimated],
+        calibrated_labels=predicted,
+        uncalibrated_labels=plain,
     )
 
 
@@ -116,15 +122,34 @@ def assess_with_deployment(
     """Score every incident with an already calibrated deployment's statistics (its reference
     window's estimated mix is reported; that window's actual mix is unknown)."""
     mixes = [] if stats.reference_mix is None else [[float(s) for s in stats.reference_mix]]
+    predicted, plain = _predicted(diagnoser, features, stats), _predicted(diagnoser, features, None)
     return DeploymentAssessment(
         method=f"deployment {name}",
         seed=None,
-        calibrated=EvaluationReport.score(labels, _predicted(diagnoser, features, stats)),
-        uncalibrated=EvaluationReport.score(labels, _predicted(diagnoser, features, None)),
+        calibrated=EvaluationReport.score(labels, predicted),
+        uncalibrated=EvaluationReport.score(labels, plain),
         class_mix=class_mix(labels),
         estimated_mixes=mixes,
         window_mixes=[],
+        calibrated_labels=predicted,
+        uncalibrated_labels=plain,
     )
+
+
+def incident_table(
+    assessment: DeploymentAssessment, labels: np.ndarray, sample_ids: pd.Series | None
+) -> pd.DataFrame:
+    """One row per incident: its label, its diagnosis calibrated and not, and whether the
+    calibrated one is right (what ``evaluate --output`` writes)."""
+    table = pd.DataFrame({
+        "label": labels,
+        "predicted_label": assessment.calibrated_labels,
+        "predicted_label_uncalibrated": assessment.uncalibrated_labels,
+        "correct": assessment.calibrated_labels == labels,
+    })  # fmt: skip
+    if sample_ids is not None:
+        table.insert(0, "sample_id", sample_ids.to_numpy())
+    return table
 
 
 def log_assessment(

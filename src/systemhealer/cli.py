@@ -337,12 +337,21 @@ def evaluate(
         str | None, typer.Option("--model-uri", help="MLflow model URI (default: the champion).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random split into halves.")] = 0,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Also write each incident's label and diagnoses, calibrated and not (.csv or .parquet).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Score the model on labelled incidents of another deployment, calibrated and not."""
     from systemhealer import assessment, deployments, tracking, validation
-    from systemhealer.data import KPI_FEATURES, LABEL
+    from systemhealer.data import KPI_FEATURES, LABEL, SAMPLE_ID
+    from systemhealer.scoring import atomic_write
 
     settings = _settings(config)
     if deployment is not None:
@@ -369,6 +378,10 @@ def evaluate(
             raise typer.BadParameter("name a calibrated deployment", param_hint="--deployment")
         result = assessment.assess_with_deployment(diagnoser, features, labels, deployment, stats)
     model = f"version {version.version}" if version else str(model_uri)
+    if output is not None:
+        ids = frame[SAMPLE_ID].reset_index(drop=True) if SAMPLE_ID in frame.columns else None
+        table = assessment.incident_table(result, labels, ids)
+        atomic_write(table, output)
     run_id = assessment.log_assessment(settings, result, str(path), model)
     if as_json:
         _echo_json({**result.to_dict(), "model": model, "mlflow_run_id": run_id})
