@@ -1,7 +1,7 @@
 """Out-of-fold macro-F1 of the configured model, per public copy the training rows came from.
 
 The shipped training file was recovered from three public copies of one competition's data
-(`../shared/data/fault_kpi_train_provenance.csv` says which copy each row came from). One of
+(`data/fault_kpi_train_provenance.csv.gz` says which copy each row came from). One of
 them holds the support vectors of a published SVC: incidents near a class boundary, the hard
 ones. Many of those incidents are also in another copy; the others are not. Each distinct
 incident (as ``crossval`` groups them) is counted in every copy one of its rows came from, and
@@ -11,7 +11,7 @@ incidents without them, beside the same simulations on all held-out incidents. S
 models as ``systemhealer crossval``; ``--train-without-hard`` trains them without those.
 
     .venv/bin/python scripts/score_by_source.py data/fault_kpi_train.csv.gz \
-        ../shared/data/fault_kpi_train_provenance.csv --hard fresh131
+        data/fault_kpi_train_provenance.csv.gz --hard fresh131
 """
 
 from __future__ import annotations
