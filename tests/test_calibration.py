@@ -194,10 +194,12 @@ def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_othe
     assert scored["calibrated"]["macro_f1"] > scored["uncalibrated"]["macro_f1"] + 0.15
     # The same diagnoses as `predict --deployment` writes.
     diagnoses = tmp_path / "site-e.csv"
-    assert run_cli(
+    code, out, err = run_cli(
         ["predict", str(labelled), "-o", str(diagnoses), "--deployment", "site-e"],
         capsys, monkeypatch,
-    )[0] == 0  # fmt: skip
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"systemhealer evaluate {labelled} --deployment site-e" in out
     predicted = pd.read_csv(diagnoses)["predicted_label"].to_numpy()
     accuracy = (predicted == rows["label"].to_numpy()).mean()
     assert scored["calibrated"]["accuracy"] == pytest.approx(accuracy)

@@ -207,8 +207,16 @@ def predict(
         )
     if as_json:
         _echo_json(summary.to_dict())
-    else:
-        typer.echo(scoring.summary_text(summary))
+        return
+    typer.echo(scoring.summary_text(summary))
+    from systemhealer.data import has_label_column
+
+    if has_label_column(path):
+        where = f" --deployment {deployment}" if deployment else ""
+        typer.echo(
+            f"the file has a label column (not used to diagnose); to score the diagnoses "
+            f"against it: systemhealer evaluate {path}{where}"
+        )
 
 
 @app.command()

@@ -30,6 +30,20 @@ def file_format(path: Path) -> str:
     return "parquet" if name.endswith((".parquet", ".pq")) else "csv"
 
 
+def has_label_column(path: Path) -> bool:
+    """Whether a readable file's header names a ``label`` column (False if it cannot tell)."""
+    try:
+        if file_format(path) == "parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+        else:
+            names = list(pd.read_csv(path, nrows=0).columns)
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return any(str(name).strip() == LABEL for name in names)
+
+
 def read_incidents(path: Path | str) -> pd.DataFrame:
     """Read a CSV or Parquet file of incidents as it is (no coercion), or explain why not."""
     path = Path(path)
