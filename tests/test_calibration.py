@@ -20,6 +20,16 @@ from .test_cli import run_cli
 pytestmark = pytest.mark.integration
 
 
+def balanced_rows(training_frame: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
+    """``per_class`` incidents of every fault class, shuffled: a near-balanced deployment."""
+    return (
+        training_frame.groupby("label", group_keys=False)
+        .sample(per_class, random_state=seed)
+        .sample(frac=1, random_state=seed + 1)
+        .reset_index(drop=True)
+    )
+
+
 def test_calibrate_then_predict_with_the_deployment(
     trained_state, tmp_path: Path, training_frame: pd.DataFrame, capsys, monkeypatch
 ) -> None:
@@ -27,12 +37,7 @@ def test_calibrate_then_predict_with_the_deployment(
     diagnoser, _ = tracking.load_diagnoser(settings)
     # Another "deployment": rows rescaled by large per-feature factors; labels kept to check.
     # Like the deployments the product is built for, its class mix is near balanced.
-    rows = (
-        training_frame.groupby("label", group_keys=False)
-        .sample(200, random_state=5)
-        .sample(frac=1, random_state=6)
-        .reset_index(drop=True)
-    )
+    rows = balanced_rows(training_frame, 200, seed=5)
     spec = random_shift(np.random.default_rng(7), tuple(KPI_FEATURES[2:]), ())
     shifted = apply_shift(rows, spec)
     reference, scored = shifted.iloc[:600], shifted.iloc[600:]
@@ -141,12 +146,7 @@ def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_othe
     trained_state, tmp_path: Path, training_frame: pd.DataFrame, capsys, monkeypatch
 ) -> None:
     # A labelled set from "another deployment": near balanced, every KPI in other units.
-    rows = (
-        training_frame.groupby("label", group_keys=False)
-        .sample(120, random_state=3)
-        .sample(frac=1, random_state=4)
-        .reset_index(drop=True)
-    )
+    rows = balanced_rows(training_frame, 120, seed=3)
     spec = random_shift(np.random.default_rng(5), tuple(KPI_FEATURES[2:]), ())
     labelled = tmp_path / "other-site.csv"
     apply_shift(rows, spec).to_csv(labelled, index=False)

@@ -40,6 +40,23 @@ def _csv(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False).encode()
 
 
+def _diagnose_file(
+    client: TestClient, frame: pd.DataFrame, name: str = "labelled.csv"
+) -> dict[str, Any]:
+    """Upload a file for diagnosis, queue the job, and wait until it has succeeded."""
+    upload = client.post(
+        "/ui/api/uploads",
+        files={"file": (name, _csv(frame), "text/csv")},
+        data={"purpose": "diagnose"},
+    ).json()
+    assert upload["ok"] is True, upload
+    job = client.post("/ui/api/diagnosis-jobs", json={"upload_id": upload["upload_id"]})
+    assert job.status_code == 202
+    done = _wait_job(client, job.json()["id"])
+    assert done["status"] == "succeeded", done
+    return done
+
+
 def _wait_job(client: TestClient, job_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -118,16 +135,7 @@ def test_diagnosis_job_table_and_downloads(
     from systemhealer.scoring import diagnose_frame
 
     incidents = unlabelled_frame.iloc[:300]
-    upload = client.post(
-        "/ui/api/uploads",
-        files={"file": ("incidents.csv", _csv(incidents), "text/csv")},
-        data={"purpose": "diagnose"},
-    ).json()
-    assert upload["ok"] is True
-    job = client.post("/ui/api/diagnosis-jobs", json={"upload_id": upload["upload_id"]})
-    assert job.status_code == 202
-    done = _wait_job(client, job.json()["id"])
-    assert done["status"] == "succeeded", done
+    done = _diagnose_file(client, incidents, "incidents.csv")
     result = done["result"]
     assert result["rows"] == 300 and sum(result["class_counts"].values()) == 300
     assert sum(result["confidence_histogram"]["counts"]) == 300
@@ -161,19 +169,7 @@ def test_a_labelled_file_is_also_scored_against_its_labels(
 ) -> None:
     labelled = training_frame.groupby("label").head(20).reset_index(drop=True)
 
-    def diagnose(frame: pd.DataFrame) -> dict[str, Any]:
-        upload = client.post(
-            "/ui/api/uploads",
-            files={"file": ("labelled.csv", _csv(frame), "text/csv")},
-            data={"purpose": "diagnose"},
-        ).json()
-        assert upload["ok"] is True, upload
-        job = client.post("/ui/api/diagnosis-jobs", json={"upload_id": upload["upload_id"]})
-        done = _wait_job(client, job.json()["id"])
-        assert done["status"] == "succeeded", done
-        return done
-
-    done = diagnose(labelled)
+    done = _diagnose_file(client, labelled)
     report = done["result"]["label_scores"]["report"]
     assert report["rows"] == 120 and sum(map(sum, report["confusion"])) == 120
     csv = client.get(f"/ui/api/jobs/{done['id']}/download/diagnoses.csv").content
@@ -181,18 +177,18 @@ def test_a_labelled_file_is_also_scored_against_its_labels(
     assert report["accuracy"] == pytest.approx((predicted == labelled["label"]).mean())
     # A label column that is not all fault classes is reported, and the diagnoses still made.
     broken = labelled.assign(label=labelled["label"].where(labelled.index != 7, 9))
-    result = diagnose(broken)["result"]
+    result = _diagnose_file(client, broken)["result"]
     assert result["rows"] == 120
     assert result["label_scores"]["unusable"] == {"bad": 1, "rows": 120}
     # Text in it: a warning, not a refusal (labels are not needed to diagnose).
     named = labelled.astype({"label": object})
     named.loc[:4, "label"] = "Class 3"
-    done = diagnose(named.rename(columns={"label": " label "}))
+    done = _diagnose_file(client, named.rename(columns={"label": " label "}))
     assert done["result"]["label_scores"]["unusable"] == {"bad": 5, "rows": 120}
     assert done["result"]["warnings"] >= 1
     # Without a label column, or with an empty one, nothing is claimed.
-    assert "label_scores" not in diagnose(labelled.drop(columns=["label"]))["result"]
-    assert "label_scores" not in diagnose(labelled.assign(label=np.nan))["result"]
+    assert "label_scores" not in _diagnose_file(client, labelled.drop(columns=["label"]))["result"]
+    assert "label_scores" not in _diagnose_file(client, labelled.assign(label=np.nan))["result"]
 
 
 def test_a_bad_file_to_diagnose_is_refused_with_a_message(client: TestClient) -> None:

@@ -24,9 +24,7 @@ from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import DataValidationError
 from systemhealer.evaluation import EvaluationReport
 from systemhealer.features import DeploymentStats
-from systemhealer.shift import cross_calibrated
-
-N_CLASSES = len(FAULT_CLASSES)
+from systemhealer.shift import N_CLASSES, cross_calibrated
 
 
 @dataclass(frozen=True)
@@ -43,8 +41,8 @@ class DeploymentAssessment:
     estimated_mixes: list[list[float]]
     window_mixes: list[list[float]]
     # Per incident, in the set's order: the diagnosis calibrated and uncalibrated.
-    calibrated_labels: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, int))
-    uncalibrated_labels: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, int))
+    calibrated_labels: np.ndarray = field(repr=False)
+    uncalibrated_labels: np.ndarray = field(repr=False)
 
     @property
     def mix_error(self) -> float | None:

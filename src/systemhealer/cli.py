@@ -281,13 +281,13 @@ def calibrate(
 ) -> None:
     """Register or replace deployment NAME from a reference window of its incidents."""
     from systemhealer import deployments, tracking, validation
-    from systemhealer.data import LABEL, read_incidents
+    from systemhealer.data import label_columns, read_incidents
     from systemhealer.errors import ModelNotFoundError
 
     settings = _settings(config)
     deployments.check_name(name)
     raw = read_incidents(path)
-    raw = raw.drop(columns=[c for c in raw.columns if str(c).strip() == LABEL])  # never see labels
+    raw = raw.drop(columns=label_columns(raw.columns))  # never see labels
     report, incidents = validation.validate_frame(
         raw, str(path), settings.data, require_label=False
     )

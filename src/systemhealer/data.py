@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,12 @@ def file_format(path: Path) -> str:
     return "parquet" if name.endswith((".parquet", ".pq")) else "csv"
 
 
+def label_columns(names: Iterable[object]) -> list[object]:
+    """The columns named ``label`` once surrounding spaces are stripped (as validation reads
+    names): what to drop so that a step never sees labels, or to read them from."""
+    return [name for name in names if str(name).strip() == LABEL]
+
+
 def has_label_column(path: Path) -> bool:
     """Whether a readable file's header names a ``label`` column (False if it cannot tell)."""
     try:
@@ -41,7 +48,7 @@ def has_label_column(path: Path) -> bool:
             names = list(pd.read_csv(path, nrows=0).columns)
     except (OSError, ValueError, pa.ArrowException):
         return False
-    return any(str(name).strip() == LABEL for name in names)
+    return bool(label_columns(names))
 
 
 def read_incidents(path: Path | str) -> pd.DataFrame:

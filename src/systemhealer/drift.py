@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from systemhealer.config import Settings
-from systemhealer.data import KPI_FEATURES, LABEL, read_incidents
+from systemhealer.data import KPI_FEATURES, label_columns, read_incidents
 from systemhealer.errors import DataValidationError, SystemHealerError
 
 SKETCH_PROBS = np.linspace(0.0, 1.0, 21)
@@ -224,7 +224,7 @@ def check_frame(
         raw = raw.sample(MAX_ROWS, random_state=0)
     profile = diagnoser.profile
     # Labels, if any, are not needed to measure drift: check the file as unlabelled incidents.
-    unlabelled = raw.drop(columns=[c for c in raw.columns if str(c).strip() == LABEL])
+    unlabelled = raw.drop(columns=label_columns(raw.columns))
     report, frame = validate_frame(unlabelled, source, settings.data, False, profile)
     table: list[dict[str, Any]] = []
     reason = None

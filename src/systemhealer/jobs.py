@@ -699,7 +699,7 @@ class DiagnosisExecutor:
     load_model: ModelLoader
 
     def __call__(self, job: Job) -> None:
-        from systemhealer.data import LABEL, read_incidents, write_table
+        from systemhealer.data import label_columns, read_incidents, write_table
         from systemhealer.deployments import deployment_stats
         from systemhealer.evaluation import scores_against_labels
         from systemhealer.scoring import atomic_write, diagnose_frame
@@ -762,10 +762,10 @@ class DiagnosisExecutor:
         )
         # A labelled file: how the diagnoses compare with its labels, as they were written
         # (validation turned text in them to missing values).
-        label = next((c for c in raw.columns if str(c).strip() == LABEL), None)
-        if label is not None:
+        labelled = label_columns(raw.columns)
+        if labelled:
             predicted = diagnoses["predicted_label"].to_numpy()
-            scores = scores_against_labels(raw[label].reset_index(drop=True), predicted)
+            scores = scores_against_labels(raw[labelled[0]].reset_index(drop=True), predicted)
             if scores is not None:
                 summary["label_scores"] = scores
         write_json(folder / "result.json", summary)
