@@ -125,7 +125,7 @@ def test_calibrate_refuses_bad_names_and_files(
     good = tmp_path / "ok.csv"
     pd.DataFrame({c: [1.0] * 30 for c in KPI_FEATURES}).to_csv(good, index=False)
     code, _, err = run_cli(["calibrate", "../etc/passwd", str(good)], capsys, monkeypatch)
-    assert code == 1 and "invalid deployment name" in err
+    assert code == 2 and "invalid deployment name" in err  # bad usage
     code, _, err = run_cli(
         ["calibrate", "tiny", str(good.with_name("missing.csv"))], capsys, monkeypatch
     )
@@ -140,6 +140,78 @@ def test_calibrate_refuses_bad_names_and_files(
         monkeypatch,
     )
     assert code == 3 and "no deployment named 'nowhere'" in err
+
+
+def test_calibrate_refuses_windows_the_model_cannot_read_and_warns_about_weak_ones(
+    trained_state, tmp_path: Path, unlabelled_frame: pd.DataFrame, capsys, monkeypatch
+) -> None:
+    settings = load_settings()
+    diagnoser, _ = tracking.load_diagnoser(settings)
+    model_columns = list(diagnoser.preprocessor.columns)
+    window = unlabelled_frame.iloc[:400].reset_index(drop=True)
+
+    def calibrate(name: str, frame: pd.DataFrame) -> tuple[int, str, str]:
+        path = tmp_path / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        return run_cli(["calibrate", name, str(path)], capsys, monkeypatch)
+
+    # Other KPIs only: nothing the model reads, so nothing to calibrate on; nothing is stored.
+    code, _, err = calibrate("blind", window.assign(**dict.fromkeys(model_columns, np.nan)))
+    assert code == 1 and "have a value in any of the 20 KPI columns the model reads" in err
+    # One incident copied 300 times: no distribution to measure.
+    code, _, err = calibrate("copies", pd.concat([window.iloc[[0]]] * 300))
+    assert code == 1 and "at least 20 distinct incidents" in err and "only 1" in err
+    assert not {"blind", "copies"} & {d.name for d in deployments.list_deployments(settings)}
+
+    # A KPI the deployment does not record and one it holds constant: stored, with warnings.
+    empty, constant = model_columns[0], model_columns[1]
+    code, out, err = calibrate("gaps", window.assign(**{empty: np.nan, constant: 5.0}))
+    assert code == 0, err
+    assert f"warning: {empty}: no value in the window" in err
+    assert f"warning: {constant}: one value (5) in the whole window" in err
+    assert "small reference window" not in err
+    # Replacing a deployment says what it replaces; a small window is warned about.
+    path = tmp_path / "small.csv"
+    window.iloc[:60].to_csv(path, index=False)
+    code, out, err = run_cli(["calibrate", "gaps", str(path)], capsys, monkeypatch)
+    assert code == 0, err
+    assert "it replaces the window of 400 incidents of gaps.csv" in out
+    assert "warning: 60 incidents are a small reference window" in err
+    assert deployments.find_deployment(settings, "gaps").rows == 60  # type: ignore[union-attr]
+
+    # Scoring incidents without a value in any of the model's columns says so.
+    blank = tmp_path / "blank.csv"
+    window.iloc[:30].assign(**dict.fromkeys(model_columns, np.nan)).to_csv(blank, index=False)
+    code, out, err = run_cli(
+        ["predict", str(blank), "-o", str(tmp_path / "blank-out.csv")], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert "warning: 30 incidents have no value in any of the KPIs the model reads" in out
+
+
+def test_evaluate_refuses_outputs_it_must_not_write(
+    trained_state, tmp_path: Path, training_frame: pd.DataFrame, capsys, monkeypatch
+) -> None:
+    labelled = tmp_path / "labelled.csv"
+    balanced_rows(training_frame, 20, seed=3).to_csv(labelled, index=False)
+    before = labelled.read_bytes()
+    for output, message in (
+        (labelled, "would overwrite the input"),
+        (tmp_path, "is a folder"),
+        (tmp_path / "scores.xlsx", "outputs are written as .csv"),
+    ):
+        code, _, err = run_cli(["evaluate", str(labelled), "-o", str(output)], capsys, monkeypatch)
+        assert code == 1 and message in err, err
+    assert labelled.read_bytes() == before
+    code, _, err = run_cli(["evaluate", str(labelled), "--seed", "-1"], capsys, monkeypatch)
+    assert code == 2
+    # The training data's statistics are a deployment too: calibrated = uncalibrated.
+    code, out, err = run_cli(
+        ["evaluate", str(labelled), "--deployment", "training", "--json"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["calibrated"]["macro_f1"] == result["uncalibrated"]["macro_f1"]
 
 
 def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_other(

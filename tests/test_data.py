@@ -44,6 +44,25 @@ def test_unreadable_files_are_named(
         read_incidents(path)
 
 
+def test_repeated_column_names_are_refused_not_renamed(
+    tmp_path: Path, small_training_frame: pd.DataFrame
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = small_training_frame.iloc[:5]
+    text = frame.to_csv(index=False).replace("feature3,", "feature2,", 1)
+    (tmp_path / "twice.csv").write_text(text)  # pandas would read the second as "feature2.1"
+    with pytest.raises(DataValidationError, match=r"duplicate column names: feature2$"):
+        read_incidents(tmp_path / "twice.csv")
+    table = pa.Table.from_arrays(
+        [pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], names=["feature2", "feature2"]
+    )
+    pq.write_table(table, tmp_path / "twice.parquet")
+    with pytest.raises(DataValidationError, match=r"duplicate column names: feature2$"):
+        read_incidents(tmp_path / "twice.parquet")
+
+
 def test_missing_file() -> None:
     with pytest.raises(DataValidationError, match="file not found"):
         read_incidents(Path("/nonexistent/incidents.csv"))

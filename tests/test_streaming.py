@@ -63,6 +63,14 @@ def test_gzip_and_parquet_read_the_same(
     np.testing.assert_array_equal(kpi_values(list(open_source(parquet).chunks(64))), plain)
 
 
+def test_a_truncated_gzip_file_is_bad_input(tmp_path: Path, incidents_csv: Path) -> None:
+    packed = gzip.compress(incidents_csv.read_bytes())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataValidationError, match="truncated or corrupt"):
+        list(open_source(cut).chunks(64))
+
+
 def test_quoted_newlines_and_commas_stay_inside_their_row(tmp_path: Path) -> None:
     values = {column: np.arange(5) + i / 1000 for i, column in enumerate(KPI_FEATURES)}
     frame = pd.DataFrame({SAMPLE_ID: ["a", 'b,"x"\nsecond line', "c", "d\n\ne", "f"], **values})
@@ -151,7 +159,7 @@ def test_a_missing_id_in_a_later_chunk_stays_missing(
     assert pd.read_csv(target)[SAMPLE_ID].isna().tolist() == [False] * 4 + [True, False]
 
 
-def test_rows_without_any_kpi_value_are_counted_whether_null_or_nan(tmp_path: Path) -> None:
+def test_rows_without_any_kpi_value_are_missing_whether_null_or_nan(tmp_path: Path) -> None:
     header = ",".join([SAMPLE_ID, *KPI_FEATURES])
     empty = ",".join(["1", *[""] * len(KPI_FEATURES)])
     nan = ",".join(["2", *["NAN"] * len(KPI_FEATURES)])
@@ -159,7 +167,9 @@ def test_rows_without_any_kpi_value_are_counted_whether_null_or_nan(tmp_path: Pa
     path = tmp_path / "empty.csv"
     path.write_text("\n".join([header, empty, nan, full]) + "\n")
     (chunk,) = open_source(path).chunks(10)
-    assert check_chunk(chunk).empty_rows == 2
+    checked = check_chunk(chunk)
+    assert checked.bad is None  # missing values are not bad rows
+    assert np.isnan(checked.values()).all(axis=1).tolist() == [True, True, False]
 
 
 @pytest.mark.parametrize(

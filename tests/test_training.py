@@ -54,6 +54,18 @@ def test_balanced_macro_f1_weighs_every_class_alike() -> None:
     assert macro_f1(skewed_y, skewed_pred) > balanced_macro_f1(skewed_y, skewed_pred)
 
 
+def test_macro_f1_averages_over_the_classes_the_labels_hold() -> None:
+    from systemhealer.evaluation import EvaluationReport, balanced_macro_f1, macro_f1
+
+    y = np.array([3, 3, 4, 4])
+    pred = np.array([3, 0, 4, 4])  # one class-3 incident diagnosed as class 0
+    # Class 0 is absent from the set: the miss lowers class 3's recall, no F1 of 0 is averaged in.
+    assert macro_f1(y, pred) == pytest.approx((2 / 3 + 1) / 2)
+    assert balanced_macro_f1(y, pred) == pytest.approx((2 / 3 + 1) / 2)
+    report = EvaluationReport.score(y, pred)
+    assert report.per_class["0"]["support"] == 0 and report.per_class["3"]["recall"] == 0.5
+
+
 def test_swap_noise_keeps_each_kpi_within_its_fault_class() -> None:
     from systemhealer.shift import swap_within_class
 

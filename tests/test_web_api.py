@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from systemhealer import tracking
 from systemhealer.config import Settings, load_settings
 from systemhealer.web import create_app
 from systemhealer.web.guard import BodyLimit
@@ -332,3 +333,20 @@ def test_registering_a_deployment_reports_its_estimated_class_mix(
         files={"file": ("window.csv", window, "text/csv")},
     ).json()
     assert not bad["ok"] and bad["error"]
+    # What the window lacks for the champion comes back as warnings; a blind window is refused.
+    columns = list(tracking.load_diagnoser(load_settings())[0].preprocessor.columns)
+    gaps = unlabelled_frame.iloc[:400].assign(**{columns[0]: np.nan})
+    answer = client.post(
+        "/ui/api/deployments",
+        data={"name": "site-gaps"},
+        files={"file": ("gaps.csv", gaps.to_csv(index=False).encode(), "text/csv")},
+    ).json()
+    assert answer["ok"] and any(w.startswith(f"{columns[0]}: no value") for w in answer["warnings"])
+    blind = unlabelled_frame.iloc[:400].assign(**dict.fromkeys(columns, np.nan))
+    answer = client.post(
+        "/ui/api/deployments",
+        data={"name": "site-blind"},
+        files={"file": ("blind.csv", blind.to_csv(index=False).encode(), "text/csv")},
+    ).json()
+    assert not answer["ok"] and "KPI columns the model reads" in answer["error"]
+    assert "site-blind" not in {d["name"] for d in client.get("/ui/api/deployments").json()}

@@ -115,11 +115,16 @@ def assess_with_deployment(
     features: pd.DataFrame,
     labels: np.ndarray,
     name: str,
-    stats: DeploymentStats,
+    stats: DeploymentStats | None,
 ) -> DeploymentAssessment:
     """Score every incident with an already calibrated deployment's statistics (its reference
-    window's estimated mix is reported; that window's actual mix is unknown)."""
-    mixes = [] if stats.reference_mix is None else [[float(s) for s in stats.reference_mix]]
+    window's estimated mix is reported; that window's actual mix is unknown); None = the
+    training data's statistics."""
+    mixes = (
+        []
+        if stats is None or stats.reference_mix is None
+        else [[float(s) for s in stats.reference_mix]]
+    )
     predicted, plain = _predicted(diagnoser, features, stats), _predicted(diagnoser, features, None)
     return DeploymentAssessment(
         method=f"deployment {name}",
@@ -192,8 +197,9 @@ def summary_lines(assessment: DeploymentAssessment, class_names: tuple[str, ...]
         f"(class-balanced {plain.balanced_macro_f1:.4f}, accuracy {plain.accuracy:.4f})",
         "F1 per class, calibrated: "
         + ", ".join(
-            f"{n}: {cal.per_class[str(c)]['f1']:.3f}"
+            f"{n}: {per_class['f1']:.3f}" if per_class["support"] else f"{n}: n/a (none)"
             for c, n in zip(FAULT_CLASSES, class_names, strict=True)
+            for per_class in [cal.per_class[str(c)]]
         ),
         f"actual class mix: {shares(assessment.class_mix)}",
     ]

@@ -35,6 +35,25 @@ def _echo_json(payload: object) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str))
 
 
+def _deployment_name(name: str | None, hint: str, training_allowed: bool = True) -> str | None:
+    """A deployment name checked as a usage error (exit 2); ``training`` names the training
+    data's statistics where they can be used."""
+    from systemhealer.deployments import check_name
+    from systemhealer.features import TRAINING_DEPLOYMENT
+
+    if name is None or (training_allowed and name == TRAINING_DEPLOYMENT):
+        return name
+    try:
+        return check_name(name)
+    except SystemHealerError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+
+
+def _echo_warnings(messages: Sequence[str]) -> None:
+    for message in messages:
+        typer.echo(f"warning: {message}", err=True)
+
+
 @app.command()
 def validate(
     path: Annotated[Path, typer.Argument(help="CSV or Parquet file of incidents.")],
@@ -175,6 +194,8 @@ def predict(
     from systemhealer import scoring
 
     settings = _settings(config)
+    _deployment_name(deployment, "--deployment")
+    scoring.check_job(path, output, on_bad_rows)
     if dask:
         from systemhealer.orchestration import prepare_prefect
 
@@ -285,18 +306,30 @@ def calibrate(
     from systemhealer.errors import ModelNotFoundError
 
     settings = _settings(config)
-    deployments.check_name(name)
+    _deployment_name(name, "NAME", training_allowed=False)
     raw = read_incidents(path)
     raw = raw.drop(columns=label_columns(raw.columns))  # never see labels
     report, incidents = validation.validate_frame(
         raw, str(path), settings.data, require_label=False
     )
     validation.require_valid(report)
-    info = deployments.register_deployment(settings, name, incidents, str(path))
-    typer.echo(f"deployment '{info.name}' calibrated from {info.rows} incidents of {info.source}")
+    warnings = [issue.message for issue in report.warnings]
     try:
         diagnoser, version = tracking.load_diagnoser(settings)
     except ModelNotFoundError:
+        diagnoser = version = None
+    if diagnoser is not None:  # refuse a window the champion cannot calibrate on, before storing
+        warnings += deployments.reference_warnings(settings, diagnoser, incidents)
+    previous = deployments.find_deployment(settings, name)
+    info = deployments.register_deployment(settings, name, incidents, str(path))
+    _echo_warnings(warnings)
+    typer.echo(f"deployment '{info.name}' calibrated from {info.rows} incidents of {info.source}")
+    if previous is not None:
+        typer.echo(
+            f"it replaces the window of {previous.rows} incidents of {previous.source} "
+            f"calibrated {previous.calibrated_at}"
+        )
+    if diagnoser is None:
         typer.echo("no champion yet: the class-mix estimate is shown once a model is trained")
         return
     reference = deployments.load_reference(settings, name)
@@ -325,9 +358,6 @@ def calibrate(
     )
 
 
-SMALL_WINDOW = 100  # incidents; docs/calibration.md measures smaller windows losing ~0.04
-
-
 @app.command()
 def evaluate(
     path: Annotated[
@@ -344,7 +374,7 @@ def evaluate(
     model_uri: Annotated[
         str | None, typer.Option("--model-uri", help="MLflow model URI (default: the champion).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random split into halves.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the random split into halves.")] = 0,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -359,18 +389,21 @@ def evaluate(
     """Score the model on labelled incidents of another deployment, calibrated and not."""
     from systemhealer import assessment, deployments, tracking, validation
     from systemhealer.data import KPI_FEATURES, LABEL, SAMPLE_ID
-    from systemhealer.scoring import atomic_write
+    from systemhealer.features import TRAINING_DEPLOYMENT
+    from systemhealer.scoring import atomic_write, check_output
 
     settings = _settings(config)
-    if deployment is not None:
-        deployments.load_reference(settings, deployments.check_name(deployment))  # exists?
+    if _deployment_name(deployment, "--deployment") not in (None, TRAINING_DEPLOYMENT):
+        deployments.load_reference(settings, deployment)  # type: ignore[arg-type]  # exists?
+    if output is not None:
+        check_output(path, output)
     report, frame = validation.validate_file(path, settings.data, require_label=True)
     validation.require_valid(report)
     diagnoser, version = tracking.load_diagnoser(settings, model_uri)
     features = frame[list(KPI_FEATURES)].reset_index(drop=True)
     labels = frame[LABEL].to_numpy(dtype="int64")
     if deployment is None:
-        if len(labels) // 2 < SMALL_WINDOW:
+        if len(labels) // 2 < deployments.SMALL_WINDOW:
             typer.echo(
                 f"warning: halves of {len(labels) // 2} incidents are small reference windows "
                 f"(calibration wants a few hundred); expect lower calibrated scores",
@@ -382,8 +415,6 @@ def evaluate(
         )  # fmt: skip
     else:
         stats = deployments.deployment_stats(settings, diagnoser, deployment)
-        if stats is None:  # not reached: check_name refuses the training deployment's name
-            raise typer.BadParameter("name a calibrated deployment", param_hint="--deployment")
         result = assessment.assess_with_deployment(diagnoser, features, labels, deployment, stats)
     model = f"version {version.version}" if version else str(model_uri)
     if output is not None:

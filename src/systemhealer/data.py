@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import zlib
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,14 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
                 raise DataValidationError(f"{path}: binary content, not a CSV text file")
     try:
         if file_format(path) == "parquet":
+            import pyarrow.parquet as pq
+
+            _refuse_duplicate_names(pq.read_schema(path).names, path)
             frame = pd.read_parquet(path)
         else:
+            # pandas renames a repeated column ("feature2.1"): check the header as written.
+            header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+            _refuse_duplicate_names(header.iloc[0].tolist() if len(header) else [], path)
             frame = pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError as exc:  # a ValueError: before the clause below
         raise DataValidationError(f"{path}: no header and no rows") from exc
@@ -85,6 +92,13 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
         raise DataValidationError(f"{path}: not a readable {kind} file ({first[:200]})") from exc
     _refuse_wrong_delimiter(frame, path)
     return frame
+
+
+def _refuse_duplicate_names(names: Iterable[object], path: Path) -> None:
+    counts = Counter(str(name).strip() for name in names if str(name).strip())
+    duplicated = sorted(name for name, n in counts.items() if n > 1)
+    if duplicated:
+        raise DataValidationError(f"{path}: duplicate column names: {', '.join(duplicated)}")
 
 
 def _refuse_wrong_delimiter(frame: pd.DataFrame, path: Path) -> None:

@@ -26,9 +26,13 @@ from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import DataValidationError, DeploymentNotFoundError, SystemHealerError
 from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
 from systemhealer.label_shift import estimate_class_mix
+from systemhealer.locks import state_lock
 
 log = logging.getLogger(__name__)
 
+# Reference windows smaller than this get a warning: in simulation they lose accuracy
+# (docs/calibration.md, Limits).
+SMALL_WINDOW = 100
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -77,6 +81,13 @@ def register_deployment(
             f"a deployment needs at least {limits.min_reference_rows} incidents with KPI values "
             f"to calibrate; got {len(reference)}"
         )
+    distinct = len(reference.drop_duplicates())
+    if distinct < limits.min_reference_rows:
+        raise DataValidationError(
+            f"a deployment needs at least {limits.min_reference_rows} distinct incidents to "
+            f"calibrate; the {len(reference)} incidents with KPI values hold only {distinct} "
+            "(the rest are copies)"
+        )
     if len(reference) > limits.max_reference_rows:
         reference = reference.sample(limits.max_reference_rows, random_state=0)
     data_path, meta_path = _paths(settings, name)
@@ -84,20 +95,72 @@ def register_deployment(
     info = DeploymentInfo(
         name, len(reference), Path(source).name, datetime.now(UTC).isoformat(timespec="seconds")
     )
-    # Write both files under temporary names, then rename: a failure never leaves half a deployment.
-    for target, write in (
-        (data_path, lambda p: reference.reset_index(drop=True).to_parquet(p, index=False)),
-        (meta_path, lambda p: Path(p).write_text(json.dumps(info.to_dict(), indent=2))),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    # Write both files under temporary names, then rename: a failure never leaves half a
+    # deployment; under a lock, so two calibrations of one name never mix their files.
+    with state_lock(settings, "deployments"):
+        for target, write in (
+            (data_path, lambda p: reference.reset_index(drop=True).to_parquet(p, index=False)),
+            (meta_path, lambda p: Path(p).write_text(json.dumps(info.to_dict(), indent=2))),
+        ):
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            os.close(fd)
+            try:
+                write(tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
     _reference_cached.cache_clear()
     return info
+
+
+def reference_warnings(
+    settings: Settings, diagnoser: FaultDiagnoser, incidents: pd.DataFrame
+) -> list[str]:
+    """What a reference window lacks for ``diagnoser``, as warnings; a window in which too few
+    incidents have a value in any of the model's KPI columns is refused (DataValidationError):
+    the model could not calibrate on it at all."""
+    columns = diagnoser.preprocessor.columns
+    values = diagnoser.preprocessor.raw_values(incidents)
+    present = ~np.isnan(values)
+    informative = int(present.any(axis=1).sum())
+    minimum = settings.calibration.min_reference_rows
+    if informative < minimum:
+        raise DataValidationError(
+            f"only {informative} of the {len(values)} incidents have a value in any of the "
+            f"{len(columns)} KPI columns the model reads ({', '.join(columns)}); a deployment "
+            f"needs at least {minimum}: is this a file of the same KPIs?"
+        )
+    warnings = []
+    if informative < SMALL_WINDOW:
+        warnings.append(
+            f"{informative} incidents are a small reference window (a few hundred are wanted); "
+            "expect less accurate diagnoses on this deployment"
+        )
+    for j, column in enumerate(columns):
+        observed = values[present[:, j], j]
+        if len(observed) == 0:
+            warnings.append(
+                f"{column}: no value in the window; every incident of this deployment will be "
+                "read at the middle of this KPI"
+            )
+        elif np.unique(observed).size == 1:
+            warnings.append(
+                f"{column}: one value ({observed[0]:g}) in the whole window; this KPI will "
+                "tell this deployment's incidents apart only by whether they are above or "
+                "below it"
+            )
+        elif len(observed) < len(values) / 2:
+            warnings.append(
+                f"{column}: values in only {len(observed)} of the {len(values)} incidents; "
+                "its statistics rest on those"
+            )
+    return warnings
+
+
+def find_deployment(settings: Settings, name: str) -> DeploymentInfo | None:
+    """The calibrated deployment called ``name``, if there is one."""
+    return next((d for d in list_deployments(settings) if d.name == name), None)
 
 
 def list_deployments(settings: Settings) -> list[DeploymentInfo]:

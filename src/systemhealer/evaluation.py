@@ -24,16 +24,26 @@ from systemhealer.config import FAULT_CLASSES
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Macro-F1 over the fault classes present in ``y_true`` or ``y_pred``."""
-    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    """Macro-F1 over the fault classes present in ``y_true``: a diagnosis of a class the set
+    does not hold still counts as a miss of the true class, but an absent class is not
+    averaged in as an F1 of 0 (when every class is present, as usual, this is plain macro-F1)."""
+    if len(y_true) == 0:
+        return 0.0
+    present = np.unique(y_true)
+    return float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
 
 
 def balanced_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Macro-F1 as if every fault class present were equally frequent (rows weighted by
     1/class count): the score to expect on a deployment with a balanced class mix."""
-    _, inverse, counts = np.unique(y_true, return_inverse=True, return_counts=True)
+    if len(y_true) == 0:
+        return 0.0
+    present, inverse, counts = np.unique(y_true, return_inverse=True, return_counts=True)
     weights = 1.0 / counts[inverse]
-    return float(f1_score(y_true, y_pred, average="macro", sample_weight=weights, zero_division=0))
+    score = f1_score(
+        y_true, y_pred, labels=present, average="macro", sample_weight=weights, zero_division=0
+    )
+    return float(score)
 
 
 @dataclass(frozen=True)

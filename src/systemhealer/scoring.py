@@ -190,7 +190,6 @@ class CheckedChunk:
     positions: np.ndarray
     ids: np.ndarray | None
     bad: pa.Table | None
-    empty_rows: int
     cell_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def __len__(self) -> int:
@@ -242,13 +241,12 @@ def _check_typed(chunk: RawChunk) -> CheckedChunk | None:
     if np.isinf(matrix).any():
         return None
     # A float NaN (Arrow reads "NAN", Parquet may hold it) is missing like a null.
-    empty_rows = int(np.isnan(matrix).all(axis=1).sum()) if matrix.shape[1] else 0
     ids = (
         table.column(SAMPLE_ID).to_numpy(zero_copy_only=False)
         if SAMPLE_ID in table.column_names
         else None
     )
-    return CheckedChunk(matrix, chunk.positions, ids, None, empty_rows)
+    return CheckedChunk(matrix, chunk.positions, ids, None)
 
 
 def check_chunk(chunk: RawChunk) -> CheckedChunk:
@@ -289,7 +287,6 @@ def check_chunk(chunk: RawChunk) -> CheckedChunk:
             counts["infinite", column] += len(rows)
             for i in rows:
                 problems.setdefault(int(i), []).append(f"'{column}' is infinite ({matrix[i, j]})")
-    empty_rows = int(np.isnan(matrix).all(axis=1).sum())
     bad: pa.Table | None = None
     with_id = ids is not None
     if problems or chunk.ragged:
@@ -324,10 +321,9 @@ def check_chunk(chunk: RawChunk) -> CheckedChunk:
         bad = pa.concat_tables(parts).sort_by("row")
         matrix, positions = matrix[keep], chunk.positions[keep]
         ids = ids[keep] if ids is not None else None
-        empty_rows = int(np.isnan(matrix).all(axis=1).sum())
     else:
         positions = chunk.positions
-    return CheckedChunk(matrix, positions, ids, bad, empty_rows, counts)
+    return CheckedChunk(matrix, positions, ids, bad, counts)
 
 
 # --- the Great Expectations contract on the first rows ------------------------------------------
@@ -629,7 +625,8 @@ def _score_loop(
         )[: len(FAULT_CLASSES)]
         tally.rows += diagnoses.num_rows
         tally.rows_seen += chunk.rows
-        tally.empty_rows += checked.empty_rows
+        # Incidents with no value in any column the model reads (not only none at all).
+        tally.empty_rows += int(np.isnan(values).all(axis=1).sum())
         tally.chunks += 1
         if on_chunk is not None:
             on_chunk(chunk, tally)
@@ -649,10 +646,26 @@ def check_job(path: Path, output: Path, on_bad_rows: str) -> None:
     """Refuse a job that cannot be right before any work: unknown mode, output over input."""
     if on_bad_rows not in ON_BAD_ROWS:
         raise DataValidationError(f"--on-bad-rows must be one of {', '.join(ON_BAD_ROWS)}")
-    if output.resolve() in (path.resolve(), bad_rows_path(output).resolve()):
+    check_output(path, output)
+    if path.resolve() == bad_rows_path(output).resolve():
+        raise DataValidationError(f"{output}: its bad-rows side file would overwrite the input")
+
+
+OUTPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def check_output(path: Path, output: Path) -> None:
+    """Refuse an output that would overwrite the input, is a folder, or names a format that
+    is not written (anything but CSV, gzipped CSV or Parquet)."""
+    if output.resolve() == path.resolve():
         raise DataValidationError(f"{output}: the output would overwrite the input")
     if output.is_dir():
         raise DataValidationError(f"{output}: is a folder; give the output file's name")
+    if not output.name.lower().endswith(OUTPUT_SUFFIXES):
+        raise DataValidationError(
+            f"{output}: outputs are written as {', '.join(OUTPUT_SUFFIXES)}; "
+            "give the file one of these endings"
+        )
 
 
 def _empty_output_schema() -> pa.Schema:
@@ -965,8 +978,8 @@ def summary_text(summary: ScoringSummary) -> str:
         lines.append(f"bad rows: {summary.bad_rows} set aside → {summary.bad_rows_file}")
     if summary.empty_rows:
         lines.append(
-            f"{summary.empty_rows} incidents have no KPI value at all (diagnosed from the "
-            "deployment's typical values)"
+            f"warning: {summary.empty_rows} incidents have no value in any of the KPIs the "
+            "model reads; their diagnoses rest on the deployment's typical values only"
         )
     if summary.contract_sample:
         sample = summary.contract_sample

@@ -308,14 +308,39 @@ class _Stream:
     def __init__(self, path: Path, codec: str | None) -> None:
         self.path, self.codec = path, codec
 
-    def __enter__(self) -> tuple[pa.NativeFile, pa.NativeFile]:
+    def __enter__(self) -> tuple[pa.NativeFile | _Decompressed, pa.NativeFile]:
         self.raw = pa.OSFile(str(self.path), "rb")
-        self.stream = pa.CompressedInputStream(self.raw, self.codec) if self.codec else self.raw
+        self.stream = (
+            _Decompressed(pa.CompressedInputStream(self.raw, self.codec), self.path)
+            if self.codec
+            else self.raw
+        )
         return self.stream, self.raw
 
     def __exit__(self, *exc: object) -> None:
         self.stream.close()
         self.raw.close()
+
+
+class _Decompressed:
+    """A decompressing stream whose read errors (a truncated or corrupt file) are reported as
+    bad input, not as an internal error."""
+
+    def __init__(self, stream: pa.NativeFile, path: Path) -> None:
+        self.inner, self.path = stream, path
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self.inner.read(size)
+        except OSError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataValidationError(
+                f"{self.path}: not a readable compressed CSV file, truncated or corrupt "
+                f"({first[:200]})"
+            ) from exc
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class _BlockParser:

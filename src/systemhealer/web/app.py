@@ -621,7 +621,8 @@ def create_app(
         name: Annotated[str, Form()], file: Annotated[UploadFile, File()]
     ) -> dict[str, Any]:
         """Register (or replace) a deployment from a file of its unlabelled incidents."""
-        from systemhealer.deployments import check_name, register_deployment
+        from systemhealer.data import feature_matrix
+        from systemhealer.deployments import check_name, reference_warnings, register_deployment
         from systemhealer.validation import require_valid, validate_file
 
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -636,10 +637,22 @@ def create_app(
                 for issue in report.issues:
                     issue.message = issue.message.replace(str(path), shown)
                 require_valid(report)
+                warnings = [issue.message for issue in report.warnings]
+                try:
+                    diagnoser, _ = champion.get()
+                except ModelNotFoundError:
+                    pass
+                else:  # refuses a window the champion cannot calibrate on, before storing
+                    warnings += reference_warnings(settings, diagnoser, feature_matrix(frame))
                 info = register_deployment(settings, name, frame, source=shown)
             except SystemHealerError as exc:
                 return {"ok": False, **_error_payload(exc)}
-        return {"ok": True, "deployment": info.to_dict(), "class_mix": _estimated_mix(info.name)}
+        return {
+            "ok": True,
+            "deployment": info.to_dict(),
+            "class_mix": _estimated_mix(info.name),
+            "warnings": warnings,
+        }
 
     def _estimated_mix(name: str) -> list[float] | None:
         """The champion's estimate of the deployment's class mix (also warms its statistics)."""

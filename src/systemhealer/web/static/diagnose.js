@@ -200,6 +200,8 @@
         message += " " + SH.t("deploy.mix", { shares });
       }
       SH.alert(status, "ok", message);
+      // What the window lacks for the champion (empty or constant KPI columns, a small window).
+      for (const warning of answer.warnings || []) status.appendChild(h("div.alert.warn", { "data-testid": "deploy-warning" }, warning));
       await loadDeployments(info.name);
     } catch (e) {
       SH.alert(status, "error", e.message);
