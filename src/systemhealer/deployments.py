@@ -180,7 +180,10 @@ def load_reference(settings: Settings, name: str) -> pd.DataFrame:
     """The reference incidents of a deployment (KPI features only)."""
     data_path, _ = _paths(settings, name)
     if not data_path.exists():
-        known = ", ".join(d.name for d in list_deployments(settings)) or "none yet"
+        names = [d.name for d in list_deployments(settings)]
+        known = ", ".join(names[:10]) or "none yet"
+        if len(names) > 10:
+            known += f" and {len(names) - 10} more (systemhealer deployments)"
         raise DeploymentNotFoundError(
             f"no deployment named '{name}' (known: {known}); register it with "
             f"`systemhealer calibrate {name} FILE`"

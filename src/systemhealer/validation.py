@@ -330,7 +330,7 @@ def _issue_from_result(frame: pd.DataFrame, result: Any, blocking: bool) -> Vali
             column,
         )
     if kind == "expect_column_values_to_be_in_set":
-        values = sorted({str(v) for v in details.get("partial_unexpected_list") or []})
+        values = sorted({_shown(v) for v in details.get("partial_unexpected_list") or []})
         return ValidationIssue(
             "label_set",
             f"'{column}' has {count} value(s) outside {list(FAULT_CLASSES)}: "
@@ -437,6 +437,13 @@ def validate_file(
         report.issues.append(ValidationIssue("readable", str(exc).split(": ", 1)[-1], True))
         return report, pd.DataFrame()
     return validate_frame(raw, str(path), settings, require_label, profile)
+
+
+def _shown(value: object) -> str:
+    """A label value as the user wrote it: 6.0 read as a float is shown as 6."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def require_valid(report: ValidationReport) -> None:
