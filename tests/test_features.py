@@ -53,6 +53,17 @@ def test_missing_values_sit_at_the_deployment_median(small_training_frame: pd.Da
     assert np.allclose(out[:, : len(pre.columns)], 0.0)
 
 
+def test_a_kpi_the_window_has_no_value_in_is_read_at_the_middle() -> None:
+    rng = np.random.default_rng(3)
+    window = rng.normal(size=(200, 2))
+    window[:, 1] = np.nan  # the deployment does not record the second KPI
+    stats = DeploymentStats.measure("gaps", window, ("feature1", "feature2"))
+    scored = np.array([[-3.0, -5.0], [0.0, 0.0], [3.0, 7.0]])
+    u = stats.positions(scored)
+    assert u[:, 1].tolist() == [0.5, 0.5, 0.5]  # not 0 and 1: nothing to compare with
+    assert u[0, 0] < 0.01 and u[2, 0] > 0.99  # the measured KPI as before
+
+
 def test_balanced_reference_weights_each_class_equally() -> None:
     labels = np.array([0] * 90 + [1] * 10)
     weights = class_balanced_weights(labels)

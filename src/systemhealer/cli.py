@@ -367,8 +367,8 @@ def evaluate(
         str | None,
         typer.Option(
             "--deployment",
-            help="Score with this calibrated deployment (default: the file's random halves "
-            "calibrate each other).",
+            help="Score with this calibrated deployment, or 'training' for the training data's "
+            "statistics (default: the file's random halves calibrate each other).",
         ),
     ] = None,
     model_uri: Annotated[
@@ -380,7 +380,8 @@ def evaluate(
         typer.Option(
             "--output",
             "-o",
-            help="Also write each incident's label and diagnoses, calibrated and not (.csv or .parquet).",
+            help="Also write each incident's label and diagnoses, calibrated and not "
+            "(.csv, .csv.gz, .parquet or .pq).",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,

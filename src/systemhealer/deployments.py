@@ -121,15 +121,31 @@ def reference_warnings(
     incidents have a value in any of the model's KPI columns is refused (DataValidationError):
     the model could not calibrate on it at all."""
     columns = diagnoser.preprocessor.columns
-    values = diagnoser.preprocessor.raw_values(incidents)
+    kpis = feature_matrix(incidents)
+    kpis = kpis[kpis.notna().any(axis=1)]  # what register_deployment keeps
+    values = diagnoser.preprocessor.raw_values(kpis)
     present = ~np.isnan(values)
     informative = int(present.any(axis=1).sum())
     minimum = settings.calibration.min_reference_rows
+    if len(values) < minimum:
+        raise DataValidationError(
+            f"a deployment needs at least {minimum} incidents with KPI values to calibrate; "
+            f"got {len(values)}"
+        )
     if informative < minimum:
         raise DataValidationError(
             f"only {informative} of the {len(values)} incidents have a value in any of the "
             f"{len(columns)} KPI columns the model reads ({', '.join(columns)}); a deployment "
             f"needs at least {minimum}: is this a file of the same KPIs?"
+        )
+    # Distinct as the model sees them (a sentinel stands for missing, which NaN cannot).
+    seen = np.where(present, values, np.inf)[present.any(axis=1)]
+    distinct = len(np.unique(seen, axis=0))
+    if distinct < minimum:
+        raise DataValidationError(
+            f"a deployment needs at least {minimum} distinct incidents to calibrate; in the "
+            f"{len(columns)} KPIs the model reads, its {informative} incidents hold only "
+            f"{distinct}"
         )
     warnings = []
     if informative < SMALL_WINDOW:
@@ -141,8 +157,8 @@ def reference_warnings(
         observed = values[present[:, j], j]
         if len(observed) == 0:
             warnings.append(
-                f"{column}: no value in the window; every incident of this deployment will be "
-                "read at the middle of this KPI"
+                f"{column}: no value in the window; this KPI is left out of this deployment's "
+                "diagnoses (every incident read at its middle)"
             )
         elif np.unique(observed).size == 1:
             warnings.append(

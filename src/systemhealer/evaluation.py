@@ -89,7 +89,8 @@ class EvaluationReport:
             f"{prefix}_balanced_macro_f1": self.balanced_macro_f1,
         }
         for c, scores in self.per_class.items():
-            flat[f"{prefix}_f1_class_{c}"] = scores["f1"]
+            if scores["support"]:  # a class the set has no incident of has no F1
+                flat[f"{prefix}_f1_class_{c}"] = scores["f1"]
         return flat
 
     def to_dict(self) -> dict[str, Any]:

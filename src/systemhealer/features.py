@@ -121,12 +121,17 @@ class DeploymentStats:
         grid = np.stack(
             [_weighted_quantiles(values[:, j], w, probs) for j in range(values.shape[1])], axis=1
         )
+        grid[:, np.isnan(values).all(axis=0)] = np.nan  # a column the window has no value in
         return cls(name=name, columns=tuple(columns), probs=probs, quantiles=grid, rows=len(values))
 
     def positions(self, values: np.ndarray) -> np.ndarray:
-        """u = F_ref(x) per cell, NaN → 0.5 (the deployment's median)."""
-        u = _cdf(self.quantiles, self.probs, values)
+        """u = F_ref(x) per cell, NaN → 0.5 (the deployment's median); a column the reference
+        window had no value in reads 0.5 throughout (nothing to compare a value with)."""
+        unmeasured = np.isnan(self.quantiles).all(axis=0)
+        grid = np.where(unmeasured, 0.0, self.quantiles) if unmeasured.any() else self.quantiles
+        u = _cdf(grid, self.probs, values)
         u[np.isnan(values)] = 0.5
+        u[:, unmeasured] = 0.5
         return u
 
     def to_dict(self) -> dict[str, Any]:
@@ -319,7 +324,8 @@ def class_cdfs(values: pd.DataFrame, labels: np.ndarray, reference: DeploymentSt
         rows = labels == c
         if rows.any():
             own = DeploymentStats.measure("class", values.loc[rows], reference.columns)
-            out[c] = _cdf(own.quantiles, own.probs, reference.quantiles)
+            # A column without values in class c: weighed out by class_observed anyway.
+            out[c] = _cdf(np.nan_to_num(own.quantiles), own.probs, reference.quantiles)
     return out
 
 

@@ -647,7 +647,7 @@ def check_job(path: Path, output: Path, on_bad_rows: str) -> None:
     if on_bad_rows not in ON_BAD_ROWS:
         raise DataValidationError(f"--on-bad-rows must be one of {', '.join(ON_BAD_ROWS)}")
     check_output(path, output)
-    if path.resolve() == bad_rows_path(output).resolve():
+    if on_bad_rows == "skip" and path.resolve() == bad_rows_path(output).resolve():
         raise DataValidationError(f"{output}: its bad-rows side file would overwrite the input")
 
 
