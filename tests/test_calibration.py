@@ -213,6 +213,16 @@ def test_evaluate_refuses_outputs_it_must_not_write(
     assert code == 0, err
     result = json.loads(out)
     assert result["calibrated"]["macro_f1"] == result["uncalibrated"]["macro_f1"]
+    # A handful of labelled incidents can be scored with a calibrated deployment, not as halves.
+    few = tmp_path / "few.csv"
+    training_frame[training_frame["label"] == 3].iloc[:12].to_csv(few, index=False)
+    code, out, err = run_cli(
+        ["evaluate", str(few), "--deployment", "training"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert "12 labelled incidents" in out and "Class 0: n/a (none)" in out
+    code, _, err = run_cli(["evaluate", str(few)], capsys, monkeypatch)
+    assert code == 1 and "at least 50" in err
 
 
 def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_other(
