@@ -1,3 +1,4 @@
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ def test_reads_csv_gzip_and_parquet(tmp_path: Path, small_training_frame: pd.Dat
         ("junk.csv", bytes(range(256)) * 20, "binary content"),
         ("semi.csv", b"sample_id;feature0;feature1\n1;2;3\n", "semicolons"),
         ("junk.parquet", b"PAR1 not really", "not a readable Parquet file"),
+        ("packed.csv", gzip.compress(b"feature0,feature1\n1,2\n"), "name the file .csv.gz"),
     ],
 )
 def test_unreadable_files_are_named(

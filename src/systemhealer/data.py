@@ -63,8 +63,11 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
         raise DataValidationError(f"{path}: file is empty")
     if file_format(path) == "csv" and not path.name.lower().endswith(".gz"):
         with path.open("rb") as handle:
-            if b"\x00" in handle.read(4096):
-                raise DataValidationError(f"{path}: binary content, not a CSV text file")
+            start = handle.read(4096)
+        if start.startswith(b"\x1f\x8b"):
+            raise DataValidationError(f"{path}: gzip-compressed; name the file .csv.gz")
+        if b"\x00" in start:
+            raise DataValidationError(f"{path}: binary content, not a CSV text file")
     try:
         if file_format(path) == "parquet":
             import pyarrow.parquet as pq
