@@ -190,17 +190,18 @@ def summary_lines(assessment: DeploymentAssessment, class_names: tuple[str, ...]
         if assessment.method == "halves"
         else assessment.method
     )
+
+    def class_f1(c: int, name: str) -> str:
+        scores = cal.per_class[str(c)]
+        return f"{name}: {scores['f1']:.3f}" if scores["support"] else f"{name}: n/a (none)"
+
     lines = [
         f"{cal.rows} labelled incidents; calibrated with {how}",
         f"macro-F1 calibrated {cal.macro_f1:.4f} (class-balanced {cal.balanced_macro_f1:.4f}, "
         f"accuracy {cal.accuracy:.4f}); uncalibrated {plain.macro_f1:.4f} "
         f"(class-balanced {plain.balanced_macro_f1:.4f}, accuracy {plain.accuracy:.4f})",
         "F1 per class, calibrated: "
-        + ", ".join(
-            f"{n}: {per_class['f1']:.3f}" if per_class["support"] else f"{n}: n/a (none)"
-            for c, n in zip(FAULT_CLASSES, class_names, strict=True)
-            for per_class in [cal.per_class[str(c)]]
-        ),
+        + ", ".join(class_f1(c, n) for c, n in zip(FAULT_CLASSES, class_names, strict=True)),
         f"actual class mix: {shares(assessment.class_mix)}",
     ]
     if assessment.window_mixes:

@@ -73,21 +73,8 @@ def register_deployment(
     settings: Settings, name: str, incidents: pd.DataFrame, source: str
 ) -> DeploymentInfo:
     """Register or replace deployment ``name`` from validated, unlabelled (or label-stripped) incidents."""
-    reference = feature_matrix(incidents)
-    reference = reference[reference.notna().any(axis=1)]
+    reference = reference_window(settings, incidents)
     limits = settings.calibration
-    if len(reference) < limits.min_reference_rows:
-        raise DataValidationError(
-            f"a deployment needs at least {limits.min_reference_rows} incidents with KPI values "
-            f"to calibrate; got {len(reference)}"
-        )
-    distinct = len(reference.drop_duplicates())
-    if distinct < limits.min_reference_rows:
-        raise DataValidationError(
-            f"a deployment needs at least {limits.min_reference_rows} distinct incidents to "
-            f"calibrate; the {len(reference)} incidents with KPI values hold only {distinct} "
-            "(the rest are copies)"
-        )
     if len(reference) > limits.max_reference_rows:
         reference = reference.sample(limits.max_reference_rows, random_state=0)
     data_path, meta_path = _paths(settings, name)
@@ -114,24 +101,38 @@ def register_deployment(
     return info
 
 
+def reference_window(settings: Settings, incidents: pd.DataFrame) -> pd.DataFrame:
+    """The KPI values of the incidents that have any, refused (DataValidationError) when fewer
+    than ``calibration.min_reference_rows`` incidents, or distinct incidents, are left."""
+    reference = feature_matrix(incidents)
+    reference = reference[reference.notna().any(axis=1)]
+    minimum = settings.calibration.min_reference_rows
+    if len(reference) < minimum:
+        raise DataValidationError(
+            f"a deployment needs at least {minimum} incidents with KPI values to calibrate; "
+            f"got {len(reference)}"
+        )
+    distinct = len(reference.drop_duplicates())
+    if distinct < minimum:
+        raise DataValidationError(
+            f"a deployment needs at least {minimum} distinct incidents to calibrate; the "
+            f"{len(reference)} incidents with KPI values hold only {distinct} (the rest are "
+            "copies)"
+        )
+    return reference
+
+
 def reference_warnings(
     settings: Settings, diagnoser: FaultDiagnoser, incidents: pd.DataFrame
 ) -> list[str]:
-    """What a reference window lacks for ``diagnoser``, as warnings; a window in which too few
-    incidents have a value in any of the model's KPI columns is refused (DataValidationError):
-    the model could not calibrate on it at all."""
+    """What a reference window lacks for ``diagnoser``, as warnings; a window the model could
+    not calibrate on at all (see :func:`reference_window`, and too few incidents with a value,
+    or distinct ones, in the model's KPI columns) is refused (DataValidationError)."""
     columns = diagnoser.preprocessor.columns
-    kpis = feature_matrix(incidents)
-    kpis = kpis[kpis.notna().any(axis=1)]  # what register_deployment keeps
-    values = diagnoser.preprocessor.raw_values(kpis)
+    values = diagnoser.preprocessor.raw_values(reference_window(settings, incidents))
     present = ~np.isnan(values)
     informative = int(present.any(axis=1).sum())
     minimum = settings.calibration.min_reference_rows
-    if len(values) < minimum:
-        raise DataValidationError(
-            f"a deployment needs at least {minimum} incidents with KPI values to calibrate; "
-            f"got {len(values)}"
-        )
     if informative < minimum:
         raise DataValidationError(
             f"only {informative} of the {len(values)} incidents have a value in any of the "

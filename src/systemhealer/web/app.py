@@ -621,7 +621,6 @@ def create_app(
         name: Annotated[str, Form()], file: Annotated[UploadFile, File()]
     ) -> dict[str, Any]:
         """Register (or replace) a deployment from a file of its unlabelled incidents."""
-        from systemhealer.data import feature_matrix
         from systemhealer.deployments import check_name, reference_warnings, register_deployment
         from systemhealer.validation import require_valid, validate_file
 
@@ -643,7 +642,7 @@ def create_app(
                 except ModelNotFoundError:
                     pass
                 else:  # refuses a window the champion cannot calibrate on, before storing
-                    warnings += reference_warnings(settings, diagnoser, feature_matrix(frame))
+                    warnings += reference_warnings(settings, diagnoser, frame)
                 info = register_deployment(settings, name, frame, source=shown)
             except SystemHealerError as exc:
                 return {"ok": False, **_error_payload(exc)}
