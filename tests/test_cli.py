@@ -102,10 +102,19 @@ def test_predict_cli_and_bad_input(
     source = tmp_path / "incidents.csv"
     unlabelled_frame.head(50).drop(columns=["sample_id"]).to_csv(source, index=False)
     out_file = tmp_path / "diagnoses.csv"
-    code, out, _ = run_cli(["predict", str(source), "--output", str(out_file)], capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["predict", str(source), "--output", str(out_file)], capsys, monkeypatch
+    )
     assert code == 0, out
+    assert "scoring:" not in err  # no progress bar when standard error is not a terminal
     result = pd.read_csv(out_file)
     assert result["sample_id"].tolist() == list(range(50))  # row numbers when there is no id
+    code, _, err = run_cli(
+        ["predict", str(source), "-o", str(tmp_path / "again.csv"), "--progress"],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0 and "scoring:" in err  # asked for, it is shown anyway
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\x00\x01garbage")
     code, _, err = run_cli(

@@ -25,10 +25,23 @@ app = typer.Typer(
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="YAML config file.", exists=False)
 ]
+ProgressOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Show a progress bar (default: when standard error is a terminal).",
+        show_default=False,
+    ),
+]
 
 
 def _settings(config: Path | None) -> Settings:
     return load_settings(config)
+
+
+def _show_progress(progress: bool | None) -> bool:
+    """A bar redrawn with carriage returns only belongs on a terminal, not in logs."""
+    return sys.stderr.isatty() if progress is None else progress
 
 
 def _echo_json(payload: object) -> None:
@@ -102,7 +115,7 @@ def _champion_profile(settings: Settings):  # type: ignore[no-untyped-def]
 def train(
     path: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file of incidents.")],
     config: ConfigOption = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOption = None,
     nproc: Annotated[
         int,
         typer.Option(
@@ -116,6 +129,7 @@ def train(
     from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
 
     settings = _settings(config)
+    progress = _show_progress(progress)
     if nproc > 1:
         from systemhealer.distributed import launch
 
@@ -184,7 +198,7 @@ def predict(
             "--partitions", min=1, help="Partitions with --dask (default: scoring.partitions)."
         ),
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the job's summary (with stage timings) as JSON.")
     ] = False,
@@ -194,6 +208,7 @@ def predict(
     from systemhealer import scoring
 
     settings = _settings(config)
+    progress = _show_progress(progress)
     _deployment_name(deployment, "--deployment")
     scoring.check_job(path, output, on_bad_rows)
     if dask:
