@@ -16,17 +16,20 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES, feature_matrix
-from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import DataValidationError, DeploymentNotFoundError, SystemHealerError
 from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
 from systemhealer.label_shift import estimate_class_mix
 from systemhealer.locks import state_lock
+
+if TYPE_CHECKING:  # torch is imported only by commands that score
+    from systemhealer.diagnoser import FaultDiagnoser
 
 log = logging.getLogger(__name__)
 
