@@ -77,6 +77,24 @@ def test_calibrate_then_predict_with_the_deployment(
     code, out, _ = run_cli(["deployments"], capsys, monkeypatch)
     assert "site-b: 600 reference incidents" in out
 
+    # Removed, it is no longer listed and its incidents are refused; the output is untouched.
+    before = calibrated_out.read_bytes()
+    code, out, err = run_cli(["deployments", "--remove", "site-b"], capsys, monkeypatch)
+    assert code == 0 and "'site-b' removed (600 reference incidents" in out, err
+    code, out, _ = run_cli(["deployments"], capsys, monkeypatch)
+    assert "site-b" not in out
+    code, _, err = run_cli(
+        ["predict", str(scored_file), "-o", str(calibrated_out), "--deployment", "site-b"],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 3 and "no deployment named 'site-b'" in err
+    assert calibrated_out.read_bytes() == before
+    code, _, err = run_cli(["deployments", "--remove", "site-b"], capsys, monkeypatch)
+    assert code == 3 and "no deployment named 'site-b'" in err
+    code, _, err = run_cli(["deployments", "--remove", "training"], capsys, monkeypatch)
+    assert code == 2  # the training statistics are not a deployment
+
 
 def test_a_skewed_deployment_is_read_at_its_estimated_class_mix(
     trained_state, training_frame: pd.DataFrame

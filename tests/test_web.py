@@ -328,6 +328,46 @@ def test_diagnose_a_file_and_one_incident(
     web.shot("diagnose-one-incident")
 
 
+def test_calibrate_a_deployment_and_remove_it(web: Watched, server: WebServer) -> None:
+    page = web.page
+    web.goto("/ui/diagnose")
+    assert page.locator("#deploy-remove").is_hidden()  # nothing to remove: training statistics
+    page.click("#calibrate-toggle")
+    page.fill("#deploy-name", "site-b")
+    page.set_input_files("#deploy-file", str(UNLABELLED_FILE))
+    page.click("#deploy-go")
+    done = page.locator("#deploy-status .alert.ok")
+    done.wait_for(timeout=120_000)
+    assert "site-b" in done.inner_text() and "2,000" in done.inner_text()
+    assert "class mix" in done.inner_text()  # the champion's estimate of its mix
+    assert page.locator("#deployment").input_value() == "site-b"
+    web.shot("diagnose-deployment")
+
+    # Diagnoses made on the page now use its statistics.
+    page.click("[data-tab=json]")
+    page.click("#json-example")
+    page.wait_for_function("() => document.querySelector('#json-input').value.includes('feature0')")
+    with page.expect_response(lambda r: r.url.endswith("/ui/api/diagnose")) as answer:
+        page.click("#json-go")
+    assert answer.value.json()["deployment"] == "site-b"
+
+    # Removing asks first; cancelling keeps it.
+    page.click("[data-testid=deploy-remove]")
+    dialog = page.locator("dialog#confirm")
+    dialog.wait_for()
+    assert "site-b" in dialog.inner_text()
+    dialog.locator("[data-cancel]").click()
+    assert "site-b" in {d["name"] for d in _api(server, "/deployments")}
+    page.click("[data-testid=deploy-remove]")
+    dialog.locator("[data-ok]").click()
+    page.wait_for_function(
+        "() => ![...document.querySelectorAll('#deployment option')].some(o => o.value === 'site-b')"
+    )
+    assert "site-b" not in {d["name"] for d in _api(server, "/deployments")}
+    assert page.locator("#deployment").input_value() == ""
+    assert page.locator("#deploy-remove").is_hidden()
+
+
 @pytest.mark.timeout(300)
 def test_models_promote_and_roll_back(web: Watched, server: WebServer) -> None:
     page = web.page

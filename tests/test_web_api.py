@@ -350,3 +350,26 @@ def test_registering_a_deployment_reports_its_estimated_class_mix(
     ).json()
     assert not answer["ok"] and "KPI columns the model reads" in answer["error"]
     assert "site-blind" not in {d["name"] for d in client.get("/ui/api/deployments").json()}
+
+
+def test_removing_a_deployment(client: TestClient, unlabelled_frame: pd.DataFrame) -> None:
+    window = unlabelled_frame.iloc[:200].to_csv(index=False).encode()
+    for name in ("site-gone", "site-kept"):
+        answer = client.post(
+            "/ui/api/deployments", data={"name": name}, files={"file": ("w.csv", window)}
+        ).json()
+        assert answer["ok"], answer
+    removed = client.delete("/ui/api/deployments/site-gone")
+    assert removed.status_code == 200 and removed.json()["removed"]["rows"] == 200
+    names = {d["name"] for d in client.get("/ui/api/deployments").json()}
+    assert "site-gone" not in names and "site-kept" in names
+    row = unlabelled_frame.iloc[300]
+    incident = {k: float(v) for k, v in row.items() if k != "sample_id" and pd.notna(v)}
+    refused = client.post(
+        "/ui/api/diagnose", json={"incident": incident, "deployment": "site-gone"}
+    )
+    assert not refused.json()["ok"] and "no deployment named 'site-gone'" in refused.json()["error"]
+    again = client.delete("/ui/api/deployments/site-gone")
+    assert again.status_code == 404 and "site-kept" in again.json()["error"]  # names the known
+    assert client.delete("/ui/api/deployments/training").status_code == 422
+    assert client.delete("/ui/api/deployments/..%2Fjobs").status_code in (404, 422)

@@ -454,11 +454,31 @@ def evaluate(
 
 
 @app.command(name="deployments")
-def list_deployments_command(config: ConfigOption = None) -> None:
-    """List calibrated deployments."""
+def list_deployments_command(
+    remove: Annotated[
+        str | None,
+        typer.Option(
+            "--remove",
+            metavar="NAME",
+            help="Forget deployment NAME (its reference window) instead of listing.",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List calibrated deployments, or remove one."""
     from systemhealer import deployments
 
-    found = deployments.list_deployments(_settings(config))
+    settings = _settings(config)
+    if remove is not None:
+        _deployment_name(remove, "--remove", training_allowed=False)
+        info = deployments.remove_deployment(settings, remove)
+        typer.echo(
+            f"deployment '{info.name}' removed ({info.rows} reference incidents from "
+            f"{info.source}, calibrated {info.calibrated_at}); its incidents are refused until "
+            f"`systemhealer calibrate {info.name} FILE` registers it again"
+        )
+        return
+    found = deployments.list_deployments(settings)
     if not found:
         typer.echo("no deployments calibrated yet; use `systemhealer calibrate NAME FILE`")
     for info in found:

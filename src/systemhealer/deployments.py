@@ -104,6 +104,21 @@ def register_deployment(
     return info
 
 
+def remove_deployment(settings: Settings, name: str) -> DeploymentInfo:
+    """Forget deployment ``name`` (its reference window and description); what it was is
+    returned. Incidents of it are then refused until it is calibrated again."""
+    data_path, meta_path = _paths(settings, name)
+    with state_lock(settings, "deployments"):
+        info = find_deployment(settings, name)
+        if info is None and not data_path.exists():
+            load_reference(settings, name)  # raises DeploymentNotFoundError, naming the known
+        meta_path.unlink(missing_ok=True)  # first: a deployment without one is not listed
+        data_path.unlink(missing_ok=True)
+    _reference_cached.cache_clear()
+    # A window without a description is left only by a crash between the two renames.
+    return info or DeploymentInfo(name, 0, "(no description)", "")
+
+
 def reference_window(settings: Settings, incidents: pd.DataFrame) -> pd.DataFrame:
     """The KPI values of the incidents that have any, refused (DataValidationError) when fewer
     than ``calibration.min_reference_rows`` incidents, or distinct incidents, are left."""

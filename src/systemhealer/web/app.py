@@ -653,6 +653,13 @@ def create_app(
             "warnings": warnings,
         }
 
+    @app.delete(f"{API}/deployments/{{name}}", dependencies=[require_token])
+    def remove_deployment(name: str) -> dict[str, Any]:
+        """Forget a deployment; its incidents are refused until it is calibrated again."""
+        from systemhealer.deployments import remove_deployment
+
+        return {"removed": remove_deployment(settings, name).to_dict()}  # 404 / 422 if not
+
     def _estimated_mix(name: str) -> list[float] | None:
         """The champion's estimate of the deployment's class mix (also warms its statistics)."""
         from systemhealer.deployments import deployment_stats

@@ -18,6 +18,24 @@
     el.appendChild(h("option", { value: "" }, SH.t("diagnose.training_stats")));
     list.forEach((d) => el.appendChild(h("option", { value: d.name }, `${d.name} (${SH.int(d.rows)} ${SH.t("diagnose.rows")})`)));
     if (select) el.value = select;
+    showRemove();
+  }
+
+  function showRemove() {
+    document.getElementById("deploy-remove").hidden = !deployment();
+  }
+
+  async function removeDeployment() {
+    const name = deployment();
+    if (!name) return;
+    if (!(await SH.confirm(SH.t("deploy.remove_title", { name }), SH.t("deploy.remove_text", { name }), SH.t("deploy.remove_ok")))) return;
+    try {
+      await SH.api("DELETE", `/deployments/${encodeURIComponent(name)}`);
+      SH.toast(SH.t("deploy.removed", { name }));
+    } catch (e) {
+      SH.toast(e.message, "error");
+    }
+    await loadDeployments().catch((e) => SH.toast(e.message, "error"));
   }
 
   function showTab(name) {
@@ -229,6 +247,8 @@
         p.hidden = !p.hidden;
       });
       document.getElementById("deploy-go").addEventListener("click", calibrate);
+      document.getElementById("deployment").addEventListener("change", showRemove);
+      document.getElementById("deploy-remove").addEventListener("click", removeDeployment);
       document.getElementById("form-go").addEventListener("click", () => {
         try { diagnoseInline({ incident: formIncident() }); } catch (e) { SH.alert(document.getElementById("diagnose-status"), "error", e.message); }
       });

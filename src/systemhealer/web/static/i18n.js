@@ -105,6 +105,9 @@ window.I18N = {
     "deploy.help": "Upload unlabelled incidents of one deployment (at least 20); its KPI statistics then normalise that deployment's incidents.",
     "deploy.name": "Name", "deploy.file": "File", "deploy.register": "Register",
     "deploy.need_both": "Give the deployment a name and choose a file.", "deploy.done": "Deployment {name} calibrated from {rows} incidents.", "deploy.mix": "Estimated class mix: {shares}.",
+    "deploy.remove": "Remove…", "deploy.remove_title": "Remove deployment {name}?", "deploy.remove_ok": "Remove",
+    "deploy.remove_text": "Its reference window is deleted; incidents of {name} are refused until it is calibrated again. Models and earlier diagnoses are not touched.",
+    "deploy.removed": "Deployment {name} removed.",
 
     "models.title": "Models",
     "models.subtitle": "Registered versions of the fault-diagnosis model: the champion serves; promote or roll back by moving its alias.",
@@ -234,6 +237,9 @@ window.I18N = {
     "deploy.help": "上传某个部署的无标签故障（至少 20 条）；之后用它的 KPI 统计量对该部署的故障做归一化。",
     "deploy.name": "名称", "deploy.file": "文件", "deploy.register": "注册",
     "deploy.need_both": "请填写部署名称并选择文件。", "deploy.done": "部署 {name} 已用 {rows} 条故障完成标定。", "deploy.mix": "估计的类别构成：{shares}。",
+    "deploy.remove": "删除…", "deploy.remove_title": "删除部署 {name}？", "deploy.remove_ok": "删除",
+    "deploy.remove_text": "它的参考窗口将被删除；在重新标定之前，{name} 的故障将被拒绝。模型和已有的诊断结果不受影响。",
+    "deploy.removed": "部署 {name} 已删除。",
 
     "models.title": "模型",
     "models.subtitle": "故障诊断模型的已注册版本：冠军模型在线服务；通过移动别名来上线或回滚。",
