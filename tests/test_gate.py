@@ -10,11 +10,17 @@ from systemhealer import tracking
 from systemhealer.config import load_settings
 from systemhealer.errors import ModelNotFoundError
 
+from .test_cli import run_cli
+
 pytestmark = pytest.mark.integration
 
 
 def test_worse_model_does_not_take_the_alias(
-    prefect_harness, small_training_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_harness,
+    small_training_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from flows.training import training_flow
 
@@ -37,6 +43,12 @@ def test_worse_model_does_not_take_the_alias(
     # By hand: promote the rejected version, then roll back to the gate's choice.
     tracking.set_champion(settings, second["model_version"])
     assert tracking.champion(settings).version == second["model_version"]
+    # The listing marks the champion (registry searches return versions without aliases).
+    marked = [v.version for v in tracking.list_versions(settings) if "champion" in v.aliases]
+    assert marked == [second["model_version"]]
+    code, out, _ = run_cli(["models"], capsys, monkeypatch)
+    assert code == 0 and f"v{second['model_version']} (champion):" in out
+    assert f"v{first['model_version']} (champion)" not in out
     assert tracking.rollback_champion(settings) == (second["model_version"], first["model_version"])
     assert tracking.champion(settings).version == first["model_version"]
     with pytest.raises(ModelNotFoundError, match="nothing to roll back"):

@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -219,11 +219,23 @@ def get_version(settings: Settings, version: str) -> ModelVersionInfo:
 def list_versions(settings: Settings) -> list[ModelVersionInfo]:
     """All registered versions, newest first."""
     client = configure(settings)
+    name = settings.registry.model_name
     try:
-        found = client.search_model_versions(f"name='{settings.registry.model_name}'")
+        found = client.search_model_versions(f"name='{name}'")
+        # Searches return versions without their aliases; the registered model has them.
+        aliases = client.get_registered_model(name).aliases if found else {}
     except MlflowException:
         return []
-    return sorted((_info(mv) for mv in found), key=lambda v: int(v.version), reverse=True)
+    versions = [
+        replace(
+            info,
+            aliases=sorted(
+                {*info.aliases, *(a for a, v in aliases.items() if str(v) == info.version)}
+            ),
+        )
+        for info in map(_info, found)
+    ]
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
 
 def set_version_tags(settings: Settings, version: str, tags: dict[str, str]) -> None:
