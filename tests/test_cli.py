@@ -134,3 +134,16 @@ def test_predict_cli_and_bad_input(
         monkeypatch,
     )
     assert code == 3 and "999" in err
+
+
+@pytest.mark.integration
+def test_bento_builds_from_any_working_directory(
+    trained_state, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # not the checkout: bentoml must still find the wheel
+    code, out, err = run_cli(["bento"], capsys, monkeypatch)
+    assert code == 0, err
+    tag = out.split("built Bento ", 1)[1].split()[0]
+    bentos = trained_state.home / "bentoml" / "bentos" / tag.split(":")[0]
+    assert (bentos / tag.split(":")[1] / "bento.yaml").exists()
+    assert list(tmp_path.iterdir()) == []  # nothing written where it was run

@@ -119,6 +119,7 @@ def build_bento(settings: Settings, version: str | None = None) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "-f", str(REPO / "bentofile.yaml"),
          "--output", "tag", str(REPO)],
+        cwd=REPO,  # bentoml reads the wheel relative to the build context, from anywhere
         env=bentoml_env(settings),
         capture_output=True,
         text=True,
