@@ -27,10 +27,10 @@ from systemhealer.data import (
     read_incidents,
     spreadsheet_safe,
     text_to_numbers,
-    write_table,
 )
 from systemhealer.errors import DataValidationError, SystemHealerError
 from systemhealer.incidents import IncidentError, parse_incidents
+from systemhealer.scoring import atomic_write
 
 QUICK = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -212,7 +212,7 @@ def test_csv_outputs_never_start_a_text_cell_with_a_formula(ids: list[Any]) -> N
     )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "out.csv"
-        write_table(frame, path)
+        atomic_write(frame, path)  # how every diagnoses CSV is written
         with path.open(newline="") as handle:
             rows = list(csv.reader(handle))
     assert rows[0] == ["sample_id", "predicted_label", "confidence"]

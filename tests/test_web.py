@@ -296,6 +296,7 @@ def test_diagnose_a_file_and_one_incident(
         env=server.env, check=True, timeout=300, capture_output=True,
     )  # fmt: skip
     from_cli = pd.read_csv(output)
+    assert Path(download.value.path()).read_bytes() == output.read_bytes()  # the same file
     assert list(from_page.columns) == list(from_cli.columns)
     assert len(from_page) == len(from_cli) == 2000
     assert (from_page["sample_id"] == from_cli["sample_id"]).all()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import zlib
 from collections import Counter
@@ -278,16 +277,6 @@ def grouped_split(
         labels[rest], groups[rest], validation_fraction / (1 - evaluation_fraction), seed + 1
     )
     return Split(train=rest[train], validation=rest[validation], evaluation=evaluation)
-
-
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write CSV or Parquet by suffix; text cells are made safe for spreadsheets."""
-    if file_format(path) == "parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        # Every text cell quoted: a bare carriage return inside an id would otherwise start a
-        # new row in a spreadsheet (and a formula there), as the csv module quotes only "\n".
-        spreadsheet_safe(frame).to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

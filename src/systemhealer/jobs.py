@@ -699,7 +699,7 @@ class DiagnosisExecutor:
     load_model: ModelLoader
 
     def __call__(self, job: Job) -> None:
-        from systemhealer.data import label_columns, read_incidents, write_table
+        from systemhealer.data import label_columns, read_incidents
         from systemhealer.deployments import deployment_stats
         from systemhealer.evaluation import scores_against_labels
         from systemhealer.scoring import atomic_write, diagnose_frame
@@ -747,10 +747,7 @@ class DiagnosisExecutor:
         diagnoses = pd.concat(parts, ignore_index=True)
         report(stage="writing")
         atomic_write(diagnoses, folder / "diagnoses.csv")
-        table = diagnoses.copy()
-        if not pd.api.types.is_numeric_dtype(table["sample_id"]):
-            table["sample_id"] = table["sample_id"].astype("string")
-        write_table(table, folder / "diagnoses.parquet")
+        atomic_write(diagnoses, folder / "diagnoses.parquet")
         summary = diagnosis_summary(
             diagnoses, diagnoser, frame, stats, self.settings.web.embedding_points
         )

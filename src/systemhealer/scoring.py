@@ -48,11 +48,11 @@ from systemhealer.data import (
     SAMPLE_ID,
     coerce_numeric,
     feature_matrix,
+    file_format,
     sample_ids,
     spreadsheet_safe,
     spreadsheet_safe_text,
     text_to_numbers,
-    write_table,
 )
 from systemhealer.errors import DataValidationError, SystemHealerError
 from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
@@ -135,17 +135,15 @@ def diagnose_frame(
 
 
 def atomic_write(frame: pd.DataFrame, output: Path) -> None:
-    """Write to a temporary file beside ``output``, then rename: never a half-written result."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=output.suffix, dir=output.parent)
-    os.close(fd)
-    try:
-        write_table(frame, Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write CSV (``.gz`` too) or Parquet by name, as the streamed outputs are written (the same
+    quoting and number format; CSV text made spreadsheet-safe), under a temporary name, then
+    rename: never a half-written result."""
+    safe = spreadsheet_safe(frame) if file_format(output) == "csv" else frame
+    mixed = [c for c in safe.columns if pd.api.types.infer_dtype(safe[c]).startswith("mixed")]
+    table = pa.Table.from_pandas(safe.astype(dict.fromkeys(mixed, "string")), preserve_index=False)
+    with AtomicTableWriter(output, [str(c) for c in frame.columns]) as out:
+        out.write(table)
+        out.commit()
 
 
 def score_file(
