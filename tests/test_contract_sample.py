@@ -113,3 +113,24 @@ def test_a_contract_check_that_dies_is_an_error_not_a_pass(first_chunk: RawChunk
     os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
     with pytest.raises(SystemHealerError, match=r"stopped .*exit code -9"):
         contract.result()
+
+
+def test_the_child_starts_before_the_sample_and_is_stopped_if_none_comes() -> None:
+    # It imports GX while the job loads its model; a job that ends early does not leave it.
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv", in_child=True)
+    worker = contract._worker
+    assert isinstance(worker, multiprocessing.process.BaseProcess) and worker.is_alive()
+    assert contract.result() is None  # no sample offered (a file without rows): no check
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+
+
+def test_a_child_that_died_before_the_sample_is_an_error(first_chunk: RawChunk) -> None:
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv", in_child=True)
+    worker = contract._worker
+    os.kill(worker.pid, signal.SIGKILL)  # type: ignore[union-attr, arg-type]
+    worker.join(timeout=10)  # type: ignore[union-attr]
+    contract.offer(first_chunk)  # the sample cannot be sent: no crash here
+    with pytest.raises(SystemHealerError, match=r"stopped .*exit code -9"):
+        contract.result()
+    assert not contract._sample_file.exists()  # type: ignore[union-attr]

@@ -334,8 +334,9 @@ class ContractSample:
     In a thread by default: a long-lived process (the service) imports Great Expectations once.
     ``in_child`` runs it in a child process instead, for a one-off job (``systemhealer
     predict``): importing GX costs seconds of CPU, and in a thread it would hold the GIL the
-    scoring loop needs. Daemonic processes (Dask workers) cannot have children: a thread again.
-    The sample goes to the child in a temporary Arrow file. :meth:`close` stops the check.
+    scoring loop needs. The child starts at once and imports GX while the job loads its model;
+    the sample then goes to it in a temporary Arrow file. Daemonic processes (Dask workers)
+    cannot have children: a thread again. :meth:`close` stops the check.
     """
 
     def __init__(
@@ -345,13 +346,31 @@ class ContractSample:
         self.in_child = in_child and not multiprocessing.current_process().daemon
         self._worker: threading.Thread | multiprocessing.process.BaseProcess | None = None
         self._answer: Any = None  # the parent's end of the child's pipe, or the thread's list
+        self._request: multiprocessing.connection.Connection | None = None  # sample → child
         self._sample_file: Path | None = None
         self._expected: Counter[tuple[str, str]] = Counter()
         self._sample_rows = 0
+        self._offered = False
+        if self.in_child and rows > 0:
+            self._start_child()
+
+    def _start_child(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._answer, sender = context.Pipe(duplex=False)
+        requests, self._request = context.Pipe(duplex=False)
+        self._worker = context.Process(
+            target=_contract_child,
+            args=(requests, sender, self.source, self.settings),
+            name="systemhealer-contract",
+            daemon=True,
+        )
+        self._worker.start()
+        sender.close()  # the child holds the only writing end: its death ends recv()
+        requests.close()
 
     def offer(self, chunk: RawChunk) -> None:
         """Take the sample from the file's first chunk (later calls do nothing)."""
-        if self._worker is not None or self.rows <= 0:
+        if self._offered or self.rows <= 0:
             return
         n = min(self.rows, len(chunk.positions))
         if n == 0:
@@ -364,6 +383,7 @@ class ContractSample:
             sample, frame = RawChunk(positions=chunk.positions[:n], raw=raw), raw
         self._expected = check_chunk(sample).cell_counts
         self._sample_rows = n
+        self._offered = True
         if not self.in_child:
             self._answer = []
             self._worker = threading.Thread(
@@ -377,16 +397,8 @@ class ContractSample:
         os.close(fd)
         self._sample_file = Path(name)
         frame.to_feather(self._sample_file)
-        context = multiprocessing.get_context("spawn")
-        self._answer, sender = context.Pipe(duplex=False)
-        self._worker = context.Process(
-            target=_contract_child,
-            args=(sender, str(self._sample_file), self.source, self.settings),
-            name="systemhealer-contract",
-            daemon=True,
-        )
-        self._worker.start()
-        sender.close()  # the child holds the only writing end: its death ends recv()
+        with contextlib.suppress(OSError):  # a child that died early: result() says how
+            self._request.send(str(self._sample_file))  # type: ignore[union-attr]
 
     def _outcome(self) -> tuple[str, Any]:
         worker = self._worker
@@ -414,6 +426,8 @@ class ContractSample:
 
     def close(self) -> None:
         """Stop the check if it still runs (a job that failed does not wait for it)."""
+        if self._request is not None:
+            self._request.close()
         worker = self._worker
         if isinstance(worker, multiprocessing.process.BaseProcess) and worker.is_alive():
             worker.terminate()
@@ -423,7 +437,8 @@ class ContractSample:
 
     def result(self) -> dict[str, Any] | None:
         """Wait for the contract; raise if it blocks rows the numpy checks let through."""
-        if self._worker is None:
+        if not self._offered:
+            self.close()
             return None
         kind, report = self._outcome()
         if kind == "error":
@@ -446,9 +461,20 @@ class ContractSample:
 
 
 def _contract_child(
-    sender: multiprocessing.connection.Connection, sample: str, source: str, settings: DataSettings
+    requests: multiprocessing.connection.Connection,
+    sender: multiprocessing.connection.Connection,
+    source: str,
+    settings: DataSettings,
 ) -> None:
-    """The child process of a :class:`ContractSample`: read the sample, validate, answer."""
+    """The child process of a :class:`ContractSample`: import GX, wait for the sample's file,
+    validate, answer."""
+    from systemhealer.validation import load_great_expectations
+
+    load_great_expectations()  # seconds, while the parent loads its model
+    try:
+        sample = requests.recv()
+    except EOFError:  # the job ended without a sample
+        return
     _contract_job(sender.send, pd.read_feather(sample), source, settings)
     sender.close()
 
@@ -737,14 +763,14 @@ def stream_file(
     source = open_source(path)  # the header is checked before anything else happens
     chunk_rows = chunk_rows or settings.scoring.chunk_rows
     started = time.perf_counter()
-    contract = ContractSample(
-        settings.scoring.gx_sample_rows, settings.data, str(path), in_child=contract_in_child
-    )
     with contextlib.ExitStack() as stack:
+        contract = ContractSample(
+            settings.scoring.gx_sample_rows, settings.data, str(path), in_child=contract_in_child
+        )
+        stack.callback(contract.close)
         chunks = stack.enter_context(
             Prefetch(source.chunks(chunk_rows), budget=PREFETCH_BYTES, cost=lambda c: c.nbytes)
         )
-        stack.callback(contract.close)
         out = stack.enter_context(AtomicTableWriter(output, list(PREDICTION_COLUMNS)))
         bad_out = None
         if on_bad_rows == "skip":
@@ -752,7 +778,9 @@ def stream_file(
                 AtomicTableWriter(bad_rows_path(output), ["row", "reason", *_id_columns(source)])
             )
         # The model loads while the background thread parses the first chunks.
+        clock = time.perf_counter()
         loaded = model if isinstance(model, ScoringModel) else model()
+        loading = time.perf_counter() - clock
         bar = _ProgressBar(source, progress)
         stack.callback(bar.close)
         tally = _score_chunks(
@@ -760,7 +788,10 @@ def stream_file(
         )
         if tally.rows_seen == 0:
             raise DataValidationError(f"{path}: 0 rows; at least 1 needed")
+        clock = time.perf_counter()
         contract_result = contract.result()
+        tally.stages["model loading"] += loading
+        tally.stages["data contract check (waited for)"] += time.perf_counter() - clock
         out.commit(_empty_output_schema())
         if bad_out is not None:
             bad_out.commit(_bad_rows_schema(SAMPLE_ID in source.include))
@@ -962,6 +993,17 @@ def model_loader(
     return load
 
 
+def _fixed_costs(stages: dict[str, float]) -> str:
+    """The part of a job's time that does not grow with its rows, which a small file's
+    incidents/s figure mostly measures."""
+    fixed = {
+        "loading the model": stages.get("model loading", 0.0),
+        "waiting for the data contract check": stages.get("data contract check (waited for)", 0.0),
+    }
+    shown = [f"{what} {seconds:.1f} s" for what, seconds in fixed.items() if seconds >= 0.05]
+    return f" (of which {', '.join(shown)})" if shown else ""
+
+
 def summary_text(summary: ScoringSummary) -> str:
     """What a job did, in a few lines for the terminal."""
     lines = [
@@ -970,7 +1012,8 @@ def summary_text(summary: ScoringSummary) -> str:
         f"predicted fault classes: {summary.class_counts}",
         f"{summary.seconds:.1f} s, {summary.rows_per_second:,.0f} incidents/s, "
         f"{summary.chunks} chunks"
-        + (f" in {summary.partitions} partitions" if summary.partitions > 1 else ""),
+        + (f" in {summary.partitions} partitions" if summary.partitions > 1 else "")
+        + _fixed_costs(summary.stage_seconds),
     ]
     if summary.bad_rows_file is not None:
         lines.append(f"bad rows: {summary.bad_rows} set aside → {summary.bad_rows_file}")

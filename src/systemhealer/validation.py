@@ -150,8 +150,9 @@ def _rows_text(rows: list[int], count: int) -> str:
 
 
 @cache
-def _gx() -> Any:
-    # Great Expectations takes seconds to import: only when validation really runs.
+def load_great_expectations() -> Any:
+    """The ``great_expectations`` module: it takes seconds to import, so only when validation
+    really runs (or just before, to overlap the import with other work)."""
     import great_expectations as gx
 
     for name in ("great_expectations", "great_expectations.data_context.types.base"):
@@ -161,7 +162,7 @@ def _gx() -> Any:
 
 def _run_suite(frame: pd.DataFrame, expectations: list[Any]) -> list[Any]:
     """Run expectations over a frame in an ephemeral GX context; one result per expectation."""
-    gx = _gx()
+    gx = load_great_expectations()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -183,7 +184,7 @@ def _run_suite(frame: pd.DataFrame, expectations: list[Any]) -> list[Any]:
 
 
 def _contract_expectations(require_label: bool, settings: DataSettings) -> list[Any]:
-    exp = _gx().expectations
+    exp = load_great_expectations().expectations
     min_rows = settings.min_training_rows if require_label else 1
     expectations: list[Any] = [exp.ExpectTableRowCountToBeBetween(min_value=min_rows)]
     if require_label:
@@ -202,7 +203,7 @@ def _finite_check(features: pd.DataFrame) -> list[ValidationIssue]:
     for all 107 columns; per-column expectations cost ~50 ms each)."""
     values = features[list(KPI_FEATURES)].to_numpy(dtype=np.float64)
     cells = pd.DataFrame({"kpi_value": values.ravel()})
-    exp = _gx().expectations
+    exp = load_great_expectations().expectations
     (result,) = _run_suite(
         cells,
         [
@@ -268,7 +269,7 @@ def _drift_check(
 ) -> tuple[list[ValidationIssue], int]:
     """GX checks over the per-feature drift table: value ranges and missing fractions."""
     table = drift_table(features, profile, settings)
-    exp = _gx().expectations
+    exp = load_great_expectations().expectations
     results = _run_suite(
         table,
         [
