@@ -36,7 +36,7 @@ UNSAFE_CALLS = {
     "dill.loads",
     "pd.read_pickle",
     "pandas.read_pickle",
-    "mlflow.pyfunc.load_model",  # unpickles the python_model: the service loads JSON + weights
+    "mlflow.pyfunc.load_model",  # runs the logged code: the service loads JSON + weights
     "yaml.load",
     "yaml.unsafe_load",
     "marshal.loads",

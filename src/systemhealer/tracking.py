@@ -48,6 +48,9 @@ def configure(settings: Settings) -> MlflowClient:
     settings.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Chatter an operator cannot act on (creating the store's tables, checking the example).
+    for chatty in ("mlflow.store.db.utils", "mlflow.pyfunc", "alembic.runtime.migration"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, where the next
     # load_settings() would take it for the user's choice: keep the environment as it was.
     before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -136,7 +139,7 @@ def log_diagnoser(diagnoser: FaultDiagnoser, input_example: pd.DataFrame) -> str
         folder = diagnoser.save(Path(tmp) / "diagnoser")
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=DiagnosisPyfunc(),
+            python_model=str(package / "pyfunc_model.py"),  # as code: nothing is pickled
             artifacts={"diagnoser": str(folder)},
             code_paths=[str(package)],
             signature=model_signature(),
