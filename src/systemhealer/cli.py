@@ -160,7 +160,9 @@ def predict(
     path: Annotated[Path, typer.Argument(help="CSV or Parquet file of incidents.")],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Where to write the diagnoses (.csv or .parquet)."),
+        typer.Option(
+            "--output", "-o", help="Where to write the diagnoses (.csv, .csv.gz, .parquet or .pq)."
+        ),
     ],
     model_uri: Annotated[
         str | None, typer.Option("--model-uri", help="MLflow model URI (default: the champion).")
@@ -214,6 +216,14 @@ def predict(
     if dask:
         from systemhealer.orchestration import prepare_prefect
 
+        wanted = partitions or settings.scoring.partitions
+        if wanted > 1 and getattr(scoring.open_source(path), "codec", None) is not None:
+            _echo_warnings(
+                [
+                    f"{path.name} is compressed and is scored as one partition, not {wanted}: "
+                    "decompress it (or convert it to Parquet) to spread it over the workers"
+                ]
+            )
         prepare_prefect(settings)
         from flows.scoring import run_batch_scoring
 
@@ -512,7 +522,10 @@ def rollback(config: ConfigOption = None) -> None:
 
 @app.command()
 def models(
-    config: ConfigOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+    config: ConfigOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the versions, tags and aliases as JSON.")
+    ] = False,
 ) -> None:
     """List registered versions with their evaluation scores and gate decisions."""
     from systemhealer import tracking
@@ -616,7 +629,10 @@ def schedule(config: ConfigOption = None) -> None:
 
 @app.command()
 def retrain(
-    config: ConfigOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+    config: ConfigOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the flow's outcome (inbox, training) as JSON.")
+    ] = False,
 ) -> None:
     """Run the retraining flow once, now: merge the inbox; train if the data changed."""
     from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
@@ -652,7 +668,9 @@ def drift(
         bool, typer.Option("--fail-on-drift", help="Exit with code 1 if drift is found.")
     ] = False,
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the drift report as JSON.")
+    ] = False,
 ) -> None:
     """Check incidents for drift against the champion's training profile; keep the report."""
     from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
