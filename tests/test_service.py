@@ -412,7 +412,7 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         "/predict_csv",
         {"files": {"file": ("a.csv", b"0" * (5 * 2**20))}},
         413,
-        "serving.max_upload_mb",
+        "serving.max_upload_mb); score a larger file offline with `systemhealer predict",
     ),
     "broken multipart": (
         "/predict_csv",

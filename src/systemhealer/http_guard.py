@@ -131,7 +131,8 @@ class RequestGuard:
         too_large = {
             "error": f"request body over the limit of {_megabytes(limit)} ({setting})"
             + (
-                ""
+                "; score a larger file offline with `systemhealer predict FILE --output OUT` "
+                "(streamed, any size), or compress it (.csv.gz)"
                 if upload
                 else "; send fewer incidents per request, upload a file to POST /predict_csv, "
                 "or score it offline with `systemhealer predict FILE --output OUT`"
