@@ -29,7 +29,7 @@ import pytest
 
 from systemhealer import deployments, tracking
 from systemhealer.config import Settings, load_settings
-from systemhealer.data import PROBA_COLUMNS
+from systemhealer.data import KPI_FEATURES, PROBA_COLUMNS
 from systemhealer.serve import free_port, start_service, stop_service, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -238,6 +238,21 @@ def test_incidents_without_sample_id_get_their_position(served: Served, http, in
     single = http.post(f"{served.url}/predict", json={"incident": rows[2]}).json()
     assert single["sample_id"] == 0
     assert single["probabilities"] == pytest.approx(batch[2]["probabilities"], abs=1e-6)
+
+
+def test_each_diagnosis_says_how_many_of_the_model_kpis_it_read(
+    served: Served, http, incidents: Path
+) -> None:
+    used = http.get(f"{served.url}/model_info").json()["features_used"]
+    frame = pd.read_csv(incidents).head(2)
+    rows = records(frame)
+    others = [c for c in KPI_FEATURES if c not in used]
+    blind = {c: 1.0 for c in others[:5]}  # values only in KPIs the model does not read
+    batch = http.post(f"{served.url}/predict_batch", json={"incidents": [*rows, blind]}).json()
+    assert [a["kpis_read"] for a in batch[:2]] == frame[used].notna().sum(axis=1).tolist()
+    assert batch[2]["kpis_read"] == 0
+    single = http.post(f"{served.url}/predict", json={"incident": blind}).json()
+    assert single["kpis_read"] == 0
 
 
 def test_a_calibrated_deployment_normalises_the_incidents(

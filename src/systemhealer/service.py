@@ -94,6 +94,10 @@ class Diagnosis(BaseModel):
     predicted_label: int = Field(description=f"fault class, one of {list(FAULT_CLASSES)}")
     confidence: float = Field(description="probability of the predicted class")
     probabilities: list[float] = Field(description="probability of each fault class 0…5")
+    kpis_read: int = Field(
+        description="how many of the KPIs the model reads (/model_info features_used) have a "
+        "value in this incident; 0 = no evidence: the answer for an incident of typical values"
+    )
     model_version: str = Field(description="registered model version that diagnosed it")
 
 

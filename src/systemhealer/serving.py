@@ -207,6 +207,7 @@ class Diagnoses:
     sample_ids: list[Any]
     probabilities: np.ndarray
     model_version: str
+    kpis_read: np.ndarray  # per incident: how many of the model's KPIs have a value
 
     def records(self) -> list[dict[str, Any]]:
         """One JSON-ready object per incident, in request order."""
@@ -219,10 +220,16 @@ class Diagnoses:
                 "predicted_label": label,
                 "confidence": conf,
                 "probabilities": probas,
+                "kpis_read": read,
                 "model_version": self.model_version,
             }
-            for sample_id, label, conf, probas in zip(
-                self.sample_ids, labels, confidence, probabilities, strict=True
+            for sample_id, label, conf, probas, read in zip(
+                self.sample_ids,
+                labels,
+                confidence,
+                probabilities,
+                self.kpis_read.tolist(),
+                strict=True,
             )
         ]
 
@@ -248,11 +255,15 @@ def diagnose_jobs(
         columns = model.diagnoser.kpi_positions
         values = np.concatenate([jobs[i].rows.features[:, columns] for i in indices])
         probabilities = model.diagnoser.probabilities_of_values(values, stats)
+        read = (~np.isnan(values)).sum(axis=1)
         start = 0
         for index in indices:
             n = len(jobs[index].rows)
             results[index] = Diagnoses(
-                jobs[index].rows.sample_ids, probabilities[start : start + n], model.version
+                jobs[index].rows.sample_ids,
+                probabilities[start : start + n],
+                model.version,
+                read[start : start + n],
             )
             start += n
     return results
