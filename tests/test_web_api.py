@@ -165,6 +165,38 @@ def test_diagnosis_job_table_and_downloads(
     assert len(as_json) == 300 and len(as_json[0]["probabilities"]) == 6
 
 
+def _strict_json(content: bytes) -> Any:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    return json.loads(content, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["a", None, "c"],  # text with a gap
+        [123456789012345678901234, 1, 2],  # integers beyond int64
+        [1, None, 3],  # integers with a gap
+        ["=1+1", "x", "+y"],  # would be formulas in a spreadsheet
+    ],
+    ids=["text-with-gap", "huge-integers", "integers-with-gap", "formula-like"],
+)
+def test_any_kind_of_sample_id_survives_a_diagnosis_job(
+    client: TestClient, unlabelled_frame: pd.DataFrame, ids: list[Any]
+) -> None:
+    incidents = unlabelled_frame.iloc[:3].assign(sample_id=pd.Series(ids, dtype=object))
+    done = _diagnose_file(client, incidents, "ids.csv")
+    rows = client.get(f"/ui/api/jobs/{done['id']}/rows", params={"offset": 0, "limit": 3})
+    assert len(_strict_json(rows.content)["rows"]) == 3
+    download = client.get(f"/ui/api/jobs/{done['id']}/download/diagnoses.json")
+    assert [d["sample_id"] is None for d in _strict_json(download.content)] == [
+        i is None for i in ids
+    ]
+    text = client.get(f"/ui/api/jobs/{done['id']}/download/diagnoses.csv").text
+    assert not any(line.startswith(("=", "+", '"=', '"+')) for line in text.splitlines())
+
+
 def test_a_labelled_file_is_also_scored_against_its_labels(
     client: TestClient, training_frame: pd.DataFrame
 ) -> None:
@@ -372,4 +404,5 @@ def test_removing_a_deployment(client: TestClient, unlabelled_frame: pd.DataFram
     again = client.delete("/ui/api/deployments/site-gone")
     assert again.status_code == 404 and "site-kept" in again.json()["error"]  # names the known
     assert client.delete("/ui/api/deployments/training").status_code == 422
+    assert client.delete("/ui/api/deployments/site-kept%0A").status_code == 422  # a newline
     assert client.delete("/ui/api/deployments/..%2Fjobs").status_code in (404, 422)

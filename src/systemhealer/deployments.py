@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # Reference windows smaller than this get a warning: in simulation they lose accuracy
 # (docs/calibration.md, Limits).
 SMALL_WINDOW = 100
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class DeploymentInfo:
 
 def check_name(name: str) -> str:
     """Deployment names become file names: letters, digits, ``_.-``, at most 64 characters."""
-    if not _NAME.match(name or "") or name == TRAINING_DEPLOYMENT:
+    if not _NAME.fullmatch(name or "") or name == TRAINING_DEPLOYMENT:
         raise DataValidationError(
             f"invalid deployment name {name!r}: use 1-64 letters, digits, '_', '.', '-' "
             f"(not starting with a symbol, not '{TRAINING_DEPLOYMENT}')"
@@ -223,7 +223,10 @@ def load_reference(settings: Settings, name: str) -> pd.DataFrame:
             f"no deployment named '{name}' (known: {known}); register it with "
             f"`systemhealer calibrate {name} FILE`"
         )
-    return _reference_cached(str(data_path), data_path.stat().st_mtime_ns)
+    try:
+        return _reference_cached(str(data_path), data_path.stat().st_mtime_ns)
+    except FileNotFoundError:  # removed meanwhile
+        raise DeploymentNotFoundError(f"deployment '{name}' was just removed") from None
 
 
 @lru_cache(maxsize=16)

@@ -825,7 +825,7 @@ def iter_diagnoses_json(path: Path, model_version: str | None) -> Iterator[bytes
         part = frame.iloc[start : start + 5_000]
         records = [
             {
-                "sample_id": _plain(sid),
+                "sample_id": json_value(sid),
                 "predicted_label": int(label),
                 "confidence": float(conf),
                 "probabilities": [float(p) for p in probas],
@@ -839,14 +839,18 @@ def iter_diagnoses_json(path: Path, model_version: str | None) -> Iterator[bytes
                 strict=True,
             )
         ]
-        text = json.dumps(records)[1:-1]
+        text = json.dumps(records, default=str)[1:-1]
         yield (b"," if start else b"") + text.encode()
     yield b"]"
 
 
-def _plain(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A table cell as JSON can hold it: numpy scalars as Python ones, missing (NaN, NA) and
+    infinite values as null."""
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
     if value is pd.NA:
         return None
     return value

@@ -139,8 +139,9 @@ def atomic_write(frame: pd.DataFrame, output: Path) -> None:
     quoting and number format; CSV text made spreadsheet-safe), under a temporary name, then
     rename: never a half-written result."""
     safe = spreadsheet_safe(frame) if file_format(output) == "csv" else frame
-    mixed = [c for c in safe.columns if pd.api.types.infer_dtype(safe[c]).startswith("mixed")]
-    table = pa.Table.from_pandas(safe.astype(dict.fromkeys(mixed, "string")), preserve_index=False)
+    # Ids of any other kind (text, mixed, dates, integers beyond int64) are written as text.
+    text = [c for c in safe.columns if not pd.api.types.is_numeric_dtype(safe[c])]
+    table = pa.Table.from_pandas(safe.astype(dict.fromkeys(text, "string")), preserve_index=False)
     with AtomicTableWriter(output, [str(c) for c in frame.columns]) as out:
         out.write(table)
         out.commit()
@@ -470,7 +471,11 @@ def _contract_child(
     validate, answer."""
     from systemhealer.validation import load_great_expectations
 
-    load_great_expectations()  # seconds, while the parent loads its model
+    try:
+        load_great_expectations()  # seconds, while the parent loads its model
+    except Exception as exc:  # said as the check's answer, not as a dead child
+        sender.send(("error", SystemHealerError(f"{source}: Great Expectations: {exc!r}")))
+        return
     try:
         sample = requests.recv()
     except EOFError:  # the job ended without a sample

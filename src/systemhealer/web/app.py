@@ -162,16 +162,6 @@ def _copy_upload(file: UploadFile, target: Path) -> int:
     return target.stat().st_size
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if value is pd.NA:
-        return None
-    return value
-
-
 def create_app(
     settings: Settings, config_file: str | None = None, run_jobs: bool = True
 ) -> FastAPI:
@@ -466,7 +456,7 @@ def create_app(
             diagnoses, diagnoser, features, stats, settings.web.embedding_points
         )
         records = [
-            {k: _plain(v) for k, v in record.items()}
+            {k: jobs.json_value(v) for k, v in record.items()}
             for record in diagnoses[list(PREDICTION_COLUMNS)].to_dict(orient="records")
         ]
         return {
@@ -488,7 +478,7 @@ def create_app(
             raise ModelNotFoundError(f"version {current.version} has no input example")
         row = example.iloc[0]
         incident: dict[str, Any] = {"sample_id": "example-1"}
-        incident.update({k: _plain(row.get(k)) for k in KPI_FEATURES if k in row.index})
+        incident.update({k: jobs.json_value(row.get(k)) for k in KPI_FEATURES if k in row.index})
         return {"incident": {k: (None if _missing(v) else v) for k, v in incident.items()}}
 
     @app.get(f"{API}/jobs/{{job_id}}/rows")
@@ -512,7 +502,10 @@ def create_app(
         return {
             "total": len(table),
             "offset": offset,
-            "rows": [{k: _plain(v) for k, v in r.items()} for r in page.to_dict(orient="records")],
+            "rows": [
+                {k: jobs.json_value(v) for k, v in r.items()}
+                for r in page.to_dict(orient="records")
+            ],
         }
 
     @app.get(f"{API}/jobs/{{job_id}}/download/{{name}}")
