@@ -326,7 +326,17 @@ def test_diagnose_a_file_and_one_incident(
     page.locator("#diagnose-status .alert.ok").wait_for()
     assert page.locator("#diagnosis-table tbody tr").count() == 1
     assert "example-1" in page.locator("#diagnosis-table tbody tr").first.inner_text()
+    assert "KPIs the model uses" in page.locator("[data-testid=kpis-read]").inner_text()
+    assert page.locator("[data-testid=unread-warning]").count() == 0
     web.shot("diagnose-one-incident")
+
+    # An incident with none of the model's KPIs is diagnosed, with a warning that says so.
+    page.fill("#json-input", '{"sample_id": "blind-1", "feature57": 1.0}')
+    page.click("#json-go")
+    warning = page.locator("[data-testid=unread-warning]")
+    warning.wait_for()
+    assert "1 of 1 incidents have no value" in warning.inner_text()
+    assert "Read 0 of the" in page.locator("[data-testid=kpis-read]").inner_text()
 
 
 def test_calibrate_a_deployment_and_remove_it(web: Watched, server: WebServer) -> None:

@@ -122,6 +122,15 @@ def test_diagnose_one_incident_as_json(client: TestClient, unlabelled_frame: pd.
     assert abs(sum(probabilities) - 1) < 1e-5
     assert diagnosis["predicted_label"] == int(np.argmax(probabilities))
     assert answer["class_counts"][str(diagnosis["predicted_label"])] == 1
+    columns = list(tracking.load_diagnoser(load_settings())[0].preprocessor.columns)
+    assert answer["model_kpis"] == len(columns) and answer["unread"] == 0
+    assert diagnosis["kpis_read"] == sum(incident[c] is not None for c in columns)
+
+    # An incident of none of the model's KPIs is diagnosed, but the answer says so.
+    blind = {**incident, **dict.fromkeys(columns)}
+    answer = client.post("/ui/api/diagnose", json={"incidents": [incident, blind]}).json()
+    assert answer["ok"] and answer["unread"] == 1
+    assert [d["kpis_read"] for d in answer["diagnoses"]][1] == 0
 
     incident["feature3"] = "high"
     refused = client.post("/ui/api/diagnose", json={"incident": incident}).json()
@@ -141,6 +150,7 @@ def test_diagnosis_job_table_and_downloads(
     assert result["rows"] == 300 and sum(result["class_counts"].values()) == 300
     assert sum(result["confidence_histogram"]["counts"]) == 300
     assert len(result["embedding"]["x"]) == 300
+    assert result["unread"] == 0 and result["model_kpis"] > 0
 
     page = client.get(
         f"/ui/api/jobs/{done['id']}/rows",

@@ -776,7 +776,8 @@ def diagnosis_summary(
     deployment: Any,
     max_points: int,
 ) -> dict[str, Any]:
-    """Chart data of a set of diagnoses: class counts, confidence histogram, 2-D embedding."""
+    """Chart data of a set of diagnoses: class counts, confidence histogram, 2-D embedding, and
+    how many incidents have no value in any of the model's ``model_kpis`` KPIs (``unread``)."""
     from systemhealer.data import feature_matrix
     from systemhealer.evaluation import embedding_2d
 
@@ -786,6 +787,9 @@ def diagnosis_summary(
     edges = np.linspace(0.0, 1.0, 21)
     histogram, _ = np.histogram(np.clip(confidence, 0.0, 1.0), bins=edges)
     rows = len(diagnoses)
+    # Incidents with no value in any KPI the model reads: their diagnosis rests on no evidence.
+    model_kpis = incidents.reindex(columns=list(diagnoser.preprocessor.columns))
+    unread = int(model_kpis.isna().all(axis=1).sum())
     sample = (
         np.sort(np.random.default_rng(0).choice(rows, size=max_points, replace=False))
         if rows > max_points
@@ -804,6 +808,8 @@ def diagnosis_summary(
         },
         "mean_confidence": float(confidence.mean()) if rows else None,
         "low_confidence": int((confidence < 0.5).sum()),
+        "model_kpis": model_kpis.shape[1],
+        "unread": unread,
         "confidence_histogram": {"edges": edges.round(2).tolist(), "counts": histogram.tolist()},
         "embedding": {
             "x": np.round(points[:, 0], 4).tolist() if len(points) else [],

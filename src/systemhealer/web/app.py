@@ -455,9 +455,14 @@ def create_app(
         summary = jobs.diagnosis_summary(
             diagnoses, diagnoser, features, stats, settings.web.embedding_points
         )
+        kpis_read = features[list(diagnoser.preprocessor.columns)].notna().sum(axis=1)
         records = [
-            {k: jobs.json_value(v) for k, v in record.items()}
-            for record in diagnoses[list(PREDICTION_COLUMNS)].to_dict(orient="records")
+            {**{k: jobs.json_value(v) for k, v in record.items()}, "kpis_read": int(read)}
+            for record, read in zip(
+                diagnoses[list(PREDICTION_COLUMNS)].to_dict(orient="records"),
+                kpis_read,
+                strict=True,
+            )
         ]
         return {
             "ok": True,

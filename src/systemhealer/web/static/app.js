@@ -358,6 +358,11 @@
         figure(SH.t("diagnose.mean_confidence"), SH.pct(summary.mean_confidence)),
         figure(SH.t("diagnose.low_confidence"), SH.int(summary.low_confidence), SH.t("diagnose.low_confidence_hint")),
         figure(SH.t("diagnose.most_common"), summary.rows ? names[top] : "—"))));
+    if (summary.unread) {
+      // Incidents with none of the model's KPIs: a diagnosis, but resting on no evidence.
+      container.appendChild(h("div.alert.warn", { "data-testid": "unread-warning" },
+        SH.t("diagnose.unread", { n: SH.int(summary.unread), rows: SH.int(summary.rows), kpis: summary.model_kpis })));
+    }
     const scored = summary.label_scores;
     if (scored && scored.unusable) {
       container.appendChild(h("div.alert.warn", { "data-testid": "label-scores" }, SH.t("diagnose.labels_unusable", { bad: SH.int(scored.unusable.bad), rows: SH.int(scored.unusable.rows) })));
@@ -381,6 +386,8 @@
       container.appendChild(h("div.grid.two", box, h("div.panel", h("h3", SH.t("diagnose.verdict")),
         h("p", { style: "font-size:18px" }, h("span.swatch", { style: `background:${Charts.PALETTE[only.predicted_label % Charts.PALETTE.length]}` }),
           h("strong", names[only.predicted_label]), " ", h("span.muted", SH.pct(only.confidence))),
+        only.kpis_read === undefined ? null
+          : h("p.small", { "data-testid": "kpis-read" }, SH.t("diagnose.kpis_read", { read: only.kpis_read, kpis: summary.model_kpis })),
         h("p.muted.small", SH.t("diagnose.verdict_hint")))));
       Charts.bar(box.querySelector(".chart"), {
         labels: SH.config.fault_classes.map((c) => names[c]), values: SH.config.fault_classes.map((c) => only[`proba_${c}`]),
