@@ -46,11 +46,46 @@ def test_calibration_undoes_a_synthetic_rescaling(
     assert np.abs(uncalibrated - pre.transform(scored)).mean() > 0.05
 
 
-def test_missing_values_sit_at_the_deployment_median(small_training_frame: pd.DataFrame) -> None:
+def test_missing_values_give_no_evidence(small_training_frame: pd.DataFrame) -> None:
     pre = fitted(small_training_frame)
-    empty = pd.DataFrame(np.nan, index=range(3), columns=list(KPI_FEATURES))
-    out = pre.transform(empty)
-    assert np.allclose(out[:, : len(pre.columns)], 0.0)
+    assert pre.missing_values == "no_evidence"
+    features = small_training_frame[list(KPI_FEATURES)]
+    incidents = features.iloc[:3].fillna(features.median())  # fully observed, then gaps
+    incidents.loc[incidents.index[0], list(pre.columns)] = np.nan
+    incidents.loc[incidents.index[1], pre.columns[0]] = np.nan
+    out = pre.transform(incidents)
+    m, bins = len(pre.columns), pre.ple_bins
+    assert (out[0] == 0).all()  # nothing known: an all-zero code
+    therm = out[:, m:].reshape(3, m, bins)
+    assert out[1, 0] == 0 and (therm[1, 0] == 0).all()
+    assert (np.abs(therm[1, 1:]).sum(axis=1) > 0).all()  # the other KPIs as before
+    # Every observed value has a unit away from the centre: the zero code is the missing one.
+    assert (np.abs(therm[2]).max(axis=1) == 0.5).all()
+
+
+def test_models_saved_before_the_setting_read_missing_values_as_the_median(
+    small_training_frame: pd.DataFrame,
+) -> None:
+    pre = fitted(small_training_frame)
+    payload = pre.to_dict()
+    assert payload["missing_values"] == "no_evidence"
+    del payload["missing_values"]
+    older = KpiPreprocessor.from_dict(payload)
+    assert older.missing_values == "median"
+    out = older.transform(pd.DataFrame(np.nan, index=range(3), columns=list(KPI_FEATURES)))
+    m, bins = len(older.columns), older.ple_bins
+    assert np.allclose(out[:, :m], 0.0)  # the median's normal score
+    therm = out[:, m:].reshape(3, m, bins)
+    assert (therm[:, :, : bins // 2] == 0.5).all() and (therm[:, :, bins // 2 :] == -0.5).all()
+    median = KpiPreprocessor.fit(
+        small_training_frame[list(KPI_FEATURES)],
+        small_training_frame["label"].to_numpy(),
+        PreprocessingSettings(missing_values="median"),
+        CONFIG_LIKE,
+    )
+    np.testing.assert_array_equal(
+        median.transform(small_training_frame), older.transform(small_training_frame)
+    )
 
 
 def test_a_kpi_the_window_has_no_value_in_is_read_at_the_middle() -> None:

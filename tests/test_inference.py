@@ -36,6 +36,9 @@ def _positions(rng: np.random.Generator, n: int, m: int, bins: int) -> np.ndarra
     edges = np.array([0.0, 1.0, 0.5, 1 / bins, 1 - 1 / bins, np.nextafter(1.0, 0), 1e-9])
     u[: len(edges)] = edges[:, None]
     u[len(edges) : len(edges) + bins + 1] = (np.arange(bins + 1) / bins)[:, None]
+    # Missing values (an all-zero code), a whole row of them included.
+    u[-1] = np.nan
+    u[len(edges) + bins + 1 :][rng.random((n - len(edges) - bins - 1, m)) < 0.1] = np.nan
     return u
 
 

@@ -74,7 +74,7 @@ class FaultDiagnoser:
         if len(values) == 0:
             return np.zeros((0, len(FAULT_CLASSES)), dtype=np.float32)
         stats = self.preprocessor.statistics(deployment)
-        positions = stats.positions(values)
+        positions = self.preprocessor.positions(values, stats)
         if self.preprocessor.ple_bins > 0:
             probabilities = self._fused_network().probabilities(positions, stats.rows)
         else:  # no thermometer code: the network's input is just the normal scores

@@ -10,7 +10,9 @@ The network sees the normal score Φ⁻¹(u) and a piecewise-linear ("thermomete
 
 The training deployment's reference is the training part itself, weighted so that each fault
 class counts equally (other deployments are not mixed like the training file). Missing values
-become the deployment's median (u = 0.5). Constant and configuration-like columns are dropped.
+give the network no evidence: their code is all zeros, the centre of every unit's range, so they
+add nothing to the first layer (models trained before 2026-12 read them as the deployment's median,
+u = 0.5). Constant and configuration-like columns are dropped.
 """
 
 from __future__ import annotations
@@ -124,14 +126,15 @@ class DeploymentStats:
         grid[:, np.isnan(values).all(axis=0)] = np.nan  # a column the window has no value in
         return cls(name=name, columns=tuple(columns), probs=probs, quantiles=grid, rows=len(values))
 
-    def positions(self, values: np.ndarray) -> np.ndarray:
-        """u = F_ref(x) per cell, NaN → 0.5 (the deployment's median); a column the reference
-        window had no value in reads 0.5 throughout (nothing to compare a value with)."""
+    def positions(self, values: np.ndarray, missing: float = 0.5) -> np.ndarray:
+        """u = F_ref(x) per cell. A missing value reads as ``missing`` (0.5: the deployment's
+        median; NaN: it stays missing), and so does every value of a column the reference window
+        had no value in (nothing to compare a value with)."""
         unmeasured = np.isnan(self.quantiles).all(axis=0)
         grid = np.where(unmeasured, 0.0, self.quantiles) if unmeasured.any() else self.quantiles
         u = _cdf(grid, self.probs, values)
-        u[np.isnan(values)] = 0.5
-        u[:, unmeasured] = 0.5
+        u[np.isnan(values)] = missing
+        u[:, unmeasured] = missing
         return u
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,9 +171,18 @@ def encode_positions(u: np.ndarray, ple_bins: int, reference_rows: int) -> np.nd
     """Positions u ∈ [0, 1] → normal scores plus a ``ple_bins``-unit thermometer code of u.
 
     Row layout: the m normal scores, then for each column its ``ple_bins`` thermometer units.
+    A missing position (NaN) is coded as all zeros: the score and every unit at the centre of
+    their range, which no observed value gives, so it adds nothing to the network's first layer.
     """
+    missing = np.isnan(u)
+    if missing.any():
+        u = np.where(missing, 0.5, u)
+    else:
+        missing = None
     eps = max(0.5 / max(reference_rows, 1), 1e-3)
     scores = ndtri(np.clip(u, eps, 1 - eps)).astype(np.float32)
+    if missing is not None:
+        scores[missing] = 0.0
     if ple_bins <= 0:
         return scores
     n, m = u.shape
@@ -179,6 +191,8 @@ def encode_positions(u: np.ndarray, ple_bins: int, reference_rows: int) -> np.nd
     np.subtract((u.astype(np.float32) * np.float32(ple_bins))[:, :, None], steps, out=thermometer)
     np.clip(thermometer, np.float32(0.0), np.float32(1.0), out=thermometer)
     thermometer -= np.float32(0.5)
+    if missing is not None:
+        thermometer[missing] = 0.0
     return np.concatenate([scores, thermometer.reshape(n, m * ple_bins)], axis=1)
 
 
@@ -196,6 +210,9 @@ class KpiPreprocessor:
     # Share of each class's training incidents with a value in each column, (classes, columns):
     # F_c covers observed values only, so class c weighs in by π_c·observed[c, j].
     class_observed: np.ndarray | None = None
+    # How a missing value reads: "no_evidence" (an all-zero code) or "median" (u = 0.5; models
+    # trained before the setting existed, whose saved preprocessor does not name it).
+    missing_values: str = "median"
 
     @property
     def n_inputs(self) -> int:
@@ -224,6 +241,7 @@ class KpiPreprocessor:
             ple_bins=settings.ple_bins,
             class_cdfs=class_cdfs(numeric.reindex(columns=list(columns)), labels, training),
             class_observed=class_observed(numeric.reindex(columns=list(columns)), labels),
+            missing_values=settings.missing_values,
         )
 
     def raw_values(self, features: pd.DataFrame) -> np.ndarray:
@@ -234,9 +252,14 @@ class KpiPreprocessor:
         """Statistics of a deployment from a reference window of its incidents."""
         return DeploymentStats.measure(name, features, self.columns)
 
+    def positions(self, values: np.ndarray, stats: DeploymentStats) -> np.ndarray:
+        """Raw values (columns of the model) → positions u relative to ``stats``; a missing
+        value is NaN, or 0.5 for a model that reads it as the median."""
+        return stats.positions(values, np.nan if self.missing_values == "no_evidence" else 0.5)
+
     def encode(self, values: np.ndarray, stats: DeploymentStats) -> np.ndarray:
         """Raw values (columns of the model) → network inputs relative to ``stats``."""
-        return encode_positions(stats.positions(values), self.ple_bins, stats.rows)
+        return encode_positions(self.positions(values, stats), self.ple_bins, stats.rows)
 
     def transform(
         self, features: pd.DataFrame, deployment: DeploymentStats | None = None
@@ -300,6 +323,7 @@ class KpiPreprocessor:
             "class_observed": None
             if self.class_observed is None
             else np.round(self.class_observed, 6).tolist(),
+            "missing_values": self.missing_values,
         }
 
     @classmethod
@@ -313,6 +337,7 @@ class KpiPreprocessor:
             class_observed=None
             if payload.get("class_observed") is None
             else np.asarray(payload["class_observed"], dtype=np.float64),
+            missing_values=payload.get("missing_values", "median"),
         )
 
 

@@ -84,7 +84,13 @@ class FusedNetwork:
         return self._tables
 
     def bags(self, positions: np.ndarray, reference_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Table indices and weights (n × 3m each) of positions u (n × m, in [0, 1])."""
+        """Table indices and weights (n × 3m each) of positions u (n × m, in [0, 1]; NaN =
+        missing, whose code is all zeros: its three weights are 0)."""
+        missing = np.isnan(positions)
+        if missing.any():
+            positions = np.where(missing, 0.5, positions)
+        else:
+            missing = None
         n, m = positions.shape
         indices = np.empty((n, 3, m), dtype=np.int64)
         weights = np.empty((n, 3, m), dtype=np.float32)
@@ -97,6 +103,8 @@ class FusedNetwork:
         np.add(indices[:, 1], self.columns * self.bins, out=indices[:, 2])
         weights[:, 0] = encode_positions(positions, 0, reference_rows)  # the normal scores
         weights[:, 1] = 1.0
+        if missing is not None:
+            weights *= ~missing[:, None, :]
         return torch.from_numpy(indices.reshape(n, 3 * m)), torch.from_numpy(
             weights.reshape(n, 3 * m)
         )

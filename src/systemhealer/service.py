@@ -96,7 +96,7 @@ class Diagnosis(BaseModel):
     probabilities: list[float] = Field(description="probability of each fault class 0…5")
     kpis_read: int = Field(
         description="how many of the KPIs the model reads (/model_info features_used) have a "
-        "value in this incident; 0 = no evidence: the answer for an incident of typical values"
+        "value in this incident; 0 = no evidence: the answer to an incident it knows nothing of"
     )
     model_version: str = Field(description="registered model version that diagnosed it")
 

@@ -38,6 +38,7 @@ DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("mlp-pseudo-deployments", {"training.pseudo_deployments": True}),
     Candidate("mlp-all-features", {"preprocessing.select_top_k": None}),
     Candidate("mlp-normal-scores-only", {"preprocessing.ple_bins": 0}),
+    Candidate("mlp-missing-as-median", {"preprocessing.missing_values": "median"}),
     Candidate("mlp-wide", {"training.hidden_sizes": [512, 512]}),
     Candidate("mlp-ensemble-of-3", {"training.ensemble_size": 3}),
     Candidate("mlp-top30-features", {"preprocessing.select_top_k": 30}),
