@@ -97,6 +97,9 @@ def test_a_kpi_the_window_has_no_value_in_is_read_at_the_middle() -> None:
     u = stats.positions(scored)
     assert u[:, 1].tolist() == [0.5, 0.5, 0.5]  # not 0 and 1: nothing to compare with
     assert u[0, 0] < 0.01 and u[2, 0] > 0.99  # the measured KPI as before
+    # A model whose missing values give no evidence reads the KPI as missing throughout.
+    missing = stats.positions(scored, np.nan)
+    assert np.isnan(missing[:, 1]).all() and (missing[:, 0] == u[:, 0]).all()
 
 
 def test_balanced_reference_weights_each_class_equally() -> None:

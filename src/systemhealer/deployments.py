@@ -177,7 +177,7 @@ def reference_warnings(
         if len(observed) == 0:
             warnings.append(
                 f"{column}: no value in the window; this KPI is left out of this deployment's "
-                "diagnoses (every incident read at its middle)"
+                "diagnoses (read as missing in every incident)"
             )
         elif np.unique(observed).size == 1:
             warnings.append(
