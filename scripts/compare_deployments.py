@@ -39,7 +39,7 @@ def mean_r2(models: list, positions: np.ndarray, weights: np.ndarray | None = No
 
 def own_positions(values: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
     """Positions relative to the rows' own window, as calibration would read them."""
-    return DeploymentStats.measure("own", values, columns).positions(values)
+    return DeploymentStats.measure("own", values, columns).positions(values, missing=0.5)
 
 
 def weighted_ks(a: np.ndarray, weights: np.ndarray, b: np.ndarray) -> float:
@@ -89,7 +89,7 @@ def main() -> None:
     )
     columns = pre.columns
     weights = class_balanced_weights(labels[fit])
-    fit_positions = pre.training.positions(pre.raw_values(features.iloc[fit]))
+    fit_positions = pre.training.positions(pre.raw_values(features.iloc[fit]), missing=0.5)
     models = [
         HistGradientBoostingRegressor(max_iter=60, random_state=args.seed).fit(
             np.delete(fit_positions, j, axis=1), fit_positions[:, j], sample_weight=weights
@@ -106,7 +106,7 @@ def main() -> None:
 
     def held_r2(values: np.ndarray) -> float:
         stats = DeploymentStats.measure("held-out", values, columns, held_weights)
-        return mean_r2(models, stats.positions(values), held_weights)
+        return mean_r2(models, stats.positions(values, missing=0.5), held_weights)
 
     print(f"columns: {', '.join(columns)}")
     print("| incidents | rows | mean R² of a KPI from the others |")

@@ -120,9 +120,9 @@ def test_a_skewed_deployment_is_read_at_its_estimated_class_mix(
     plain = diagnoser.preprocessor.measure_deployment("skewed", reference)
     # The same incidents in the training deployment's units, read against its reference.
     pre = diagnoser.preprocessor
-    wanted = pre.training.positions(pre.raw_values(rows.iloc[1::2]))
+    wanted = pre.training.positions(pre.raw_values(rows.iloc[1::2]), missing=0.5)
     error = {
-        name: np.abs(stats.positions(pre.raw_values(features)) - wanted).mean()
+        name: np.abs(stats.positions(pre.raw_values(features), missing=0.5) - wanted).mean()
         for name, stats in (("read at its mix", read), ("read as balanced", plain))
     }
     assert error["read at its mix"] < 0.8 * error["read as balanced"], error

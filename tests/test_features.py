@@ -94,11 +94,11 @@ def test_a_kpi_the_window_has_no_value_in_is_read_at_the_middle() -> None:
     window[:, 1] = np.nan  # the deployment does not record the second KPI
     stats = DeploymentStats.measure("gaps", window, ("feature1", "feature2"))
     scored = np.array([[-3.0, -5.0], [0.0, 0.0], [3.0, 7.0]])
-    u = stats.positions(scored)
+    u = stats.positions(scored, missing=0.5)
     assert u[:, 1].tolist() == [0.5, 0.5, 0.5]  # not 0 and 1: nothing to compare with
     assert u[0, 0] < 0.01 and u[2, 0] > 0.99  # the measured KPI as before
     # A model whose missing values give no evidence reads the KPI as missing throughout.
-    missing = stats.positions(scored, np.nan)
+    missing = stats.positions(scored, missing=np.nan)
     assert np.isnan(missing[:, 1]).all() and (missing[:, 0] == u[:, 0]).all()
 
 
@@ -109,7 +109,7 @@ def test_balanced_reference_weights_each_class_equally() -> None:
     values = np.where(labels == 0, 0.0, 10.0).reshape(-1, 1)
     stats = DeploymentStats.measure("t", values, ("x",), weights)
     assert np.isclose(np.median(stats.quantiles), 5.0, atol=5.0)  # not dominated by class 0
-    assert stats.positions(np.array([[10.0]]))[0, 0] > 0.6
+    assert stats.positions(np.array([[10.0]]), missing=0.5)[0, 0] > 0.6
 
 
 def test_stats_round_trip(small_training_frame: pd.DataFrame) -> None:
@@ -174,12 +174,12 @@ def test_reading_a_window_at_its_class_mix_undoes_the_mix_shift() -> None:
     stats = pre.measure_deployment("site", window)
     probe = pd.DataFrame(0.0, index=range(1), columns=list(KPI_FEATURES))
     probe["feature2"] = 1.5  # halfway between the classes, in training units
-    expected = pre.training.positions(pre.raw_values(probe))[0, column]
+    expected = pre.training.positions(pre.raw_values(probe), missing=0.5)[0, column]
     assert abs(expected - 0.5) < 0.03
     probe["feature2"] *= 1000.0
-    plain = stats.positions(pre.raw_values(probe))[0, column]
+    plain = stats.positions(pre.raw_values(probe), missing=0.5)[0, column]
     mixed = pre.for_class_mix(stats, np.array([0.8, 0.2, 0, 0, 0, 0]))
-    read = mixed.positions(pre.raw_values(probe))[0, column]
+    read = mixed.positions(pre.raw_values(probe), missing=0.5)[0, column]
     assert abs(plain - expected) > 0.2  # a balanced reading puts it deep in class 1's range
     assert abs(read - expected) < 0.03
     np.testing.assert_allclose(mixed.reference_mix, [0.8, 0.2, 0, 0, 0, 0])
@@ -187,8 +187,8 @@ def test_reading_a_window_at_its_class_mix_undoes_the_mix_shift() -> None:
     assert np.isnan(pre.class_cdfs[2:]).all()
     balanced = pre.for_class_mix(stats, np.full(6, 1 / 6))
     np.testing.assert_allclose(balanced.reference_mix, [0.5, 0.5, 0, 0, 0, 0])
-    grid = balanced.positions(pre.raw_values(window))
-    assert np.abs(grid - stats.positions(pre.raw_values(window))).max() < 0.03
+    grid = balanced.positions(pre.raw_values(window), missing=0.5)
+    assert np.abs(grid - stats.positions(pre.raw_values(window), missing=0.5)).max() < 0.03
     again = KpiPreprocessor.from_dict(pre.to_dict())
     np.testing.assert_allclose(again.class_cdfs, pre.class_cdfs, atol=1e-6, equal_nan=True)
 
@@ -236,7 +236,7 @@ class ExactTwoClassModel:
         self, features: pd.DataFrame, deployment: DeploymentStats | None = None
     ) -> np.ndarray:
         stats = self.preprocessor.statistics(deployment)
-        u = stats.positions(self.preprocessor.raw_values(features))
+        u = stats.positions(self.preprocessor.raw_values(features), missing=0.5)
         grid = self.preprocessor.training
         log_odds = np.zeros(len(features))
         for j in self.columns:  # back to training units, then N(2, 1) against N(0, 1)
@@ -275,5 +275,10 @@ def test_a_balanced_reading_changes_the_training_statistics_very_little(
     pre = fitted(small_training_frame)
     values = pre.raw_values(small_training_frame)
     balanced = pre.for_class_mix(pre.training, np.full(6, 1 / 6))
-    assert np.abs(balanced.positions(values) - pre.training.positions(values)).max() < 0.01
+    assert (
+        np.abs(
+            balanced.positions(values, missing=0.5) - pre.training.positions(values, missing=0.5)
+        ).max()
+        < 0.01
+    )
     assert (np.diff(balanced.quantiles, axis=0) >= 0).all()

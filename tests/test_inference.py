@@ -54,6 +54,7 @@ def test_fused_equals_dense(bins: int, members: int) -> None:
     dense = _dense(network, u, bins, rows=300)
     fused = FusedNetwork(network, columns, bins).probabilities(u, reference_rows=300)
     assert fused.dtype == np.float32 and fused.shape == dense.shape
+    assert np.isfinite(fused).all()
     np.testing.assert_allclose(fused, dense, atol=1e-5, rtol=0)
     assert (fused.argmax(1) == dense.argmax(1)).mean() > 0.99
 
@@ -130,3 +131,40 @@ def test_per_class_statistics_survive_save_and_load(
     np.testing.assert_array_equal(
         plain.quantiles, preprocessor.measure_deployment("site", features.iloc[:300]).quantiles
     )
+
+
+def test_the_saved_format_says_how_missing_values_are_read(
+    small_training_frame: pd.DataFrame, tmp_path
+) -> None:
+    """A model whose missing values give no evidence is saved in format 3, which SystemHealer
+    versions reading only format 2 refuse (they would read missing values as the median); a
+    median-reading model stays in format 2. Unknown formats and readings are refused."""
+    import json
+
+    from systemhealer.errors import ModelNotFoundError
+
+    features = small_training_frame[list(KPI_FEATURES)]
+    labels = small_training_frame["label"].to_numpy()
+    preprocessor = KpiPreprocessor.fit(features, labels, PreprocessingSettings())
+    torch.manual_seed(0)
+    network = FaultEnsemble([FaultMLP(preprocessor.n_inputs, (16,), 6, 0.1)]).eval()
+    formats = {}
+    for reading in ("no_evidence", "median"):
+        diagnoser = FaultDiagnoser(replace(preprocessor, missing_values=reading), network)
+        folder = diagnoser.save(tmp_path / reading)
+        formats[reading] = json.loads((folder / "model.json").read_text())["format"]
+        again = FaultDiagnoser.load(folder)
+        assert again.preprocessor.missing_values == reading
+        np.testing.assert_array_equal(
+            again.probabilities(features), diagnoser.probabilities(features)
+        )
+    assert formats == {"no_evidence": 3, "median": 2}
+
+    meta = tmp_path / "median" / "model.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 4}))
+    with pytest.raises(ModelNotFoundError, match="format 4"):
+        FaultDiagnoser.load(tmp_path / "median")
+    saved = tmp_path / "no_evidence" / "preprocessor.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "missing_values": "zero"}))
+    with pytest.raises(ValueError, match="missing values"):
+        FaultDiagnoser.load(tmp_path / "no_evidence")

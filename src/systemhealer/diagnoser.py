@@ -28,8 +28,11 @@ from systemhealer.validation import DataProfile
 _PREPROCESSOR = "preprocessor.json"
 _NETWORK = "network.pt"
 _META = "model.json"
-# Bumped when the saved form changes; older folders are refused with a clear message.
-FORMAT_VERSION = 2
+# Bumped when the saved form changes; folders of other formats are refused with a clear message.
+# Format 3: missing values give no evidence (KpiPreprocessor.missing_values); SystemHealer that
+# reads only format 2 would read them as the median, so it must refuse such a model.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
 # Incidents of a reference window the class-mix estimate averages over (at most).
 MIX_ESTIMATE_ROWS = 5_000
 
@@ -123,7 +126,8 @@ class FaultDiagnoser:
         (folder / _PREPROCESSOR).write_text(json.dumps(self.preprocessor.to_dict()))
         torch.save(self.network.state_dict(), folder / _NETWORK)
         meta = {
-            "format": FORMAT_VERSION,
+            # Models that read missing values as the median stay readable by older versions.
+            "format": FORMAT_VERSION if self.preprocessor.missing_values != "median" else 2,
             "architecture": self.network.architecture(),
             "profile": self.profile.to_dict() if self.profile else None,
             "metadata": self.metadata or {},
@@ -138,10 +142,10 @@ class FaultDiagnoser:
     def load(cls, folder: Path | str) -> FaultDiagnoser:
         folder = Path(folder)
         meta = json.loads((folder / _META).read_text())
-        if meta.get("format") != FORMAT_VERSION:
+        if meta.get("format") not in READABLE_FORMATS:
             raise ModelNotFoundError(
-                f"model saved in format {meta.get('format', 1)}; this SystemHealer reads format "
-                f"{FORMAT_VERSION}: retrain it"
+                f"model saved in format {meta.get('format', 1)}; this SystemHealer reads formats "
+                f"{', '.join(map(str, READABLE_FORMATS))}: retrain it"
             )
         arch = meta["architecture"]
         network = FaultEnsemble.from_architecture(arch)

@@ -126,10 +126,11 @@ class DeploymentStats:
         grid[:, np.isnan(values).all(axis=0)] = np.nan  # a column the window has no value in
         return cls(name=name, columns=tuple(columns), probs=probs, quantiles=grid, rows=len(values))
 
-    def positions(self, values: np.ndarray, missing: float = 0.5) -> np.ndarray:
+    def positions(self, values: np.ndarray, *, missing: float) -> np.ndarray:
         """u = F_ref(x) per cell. A missing value reads as ``missing`` (0.5: the deployment's
         median; NaN: it stays missing), and so does every value of a column the reference window
-        had no value in (nothing to compare a value with)."""
+        had no value in (nothing to compare a value with). The network's inputs come from
+        :meth:`KpiPreprocessor.positions`, which picks ``missing`` for the model."""
         unmeasured = np.isnan(self.quantiles).all(axis=0)
         grid = np.where(unmeasured, 0.0, self.quantiles) if unmeasured.any() else self.quantiles
         u = _cdf(grid, self.probs, values)
@@ -172,7 +173,8 @@ def encode_positions(u: np.ndarray, ple_bins: int, reference_rows: int) -> np.nd
 
     Row layout: the m normal scores, then for each column its ``ple_bins`` thermometer units.
     A missing position (NaN) is coded as all zeros: the score and every unit at the centre of
-    their range, which no observed value gives, so it adds nothing to the network's first layer.
+    their range, which no observed value gives (with 2 or more units), so it adds nothing to the
+    network's first layer.
     """
     missing = np.isnan(u)
     if missing.any():
@@ -255,7 +257,9 @@ class KpiPreprocessor:
     def positions(self, values: np.ndarray, stats: DeploymentStats) -> np.ndarray:
         """Raw values (columns of the model) → positions u relative to ``stats``; a missing
         value is NaN, or 0.5 for a model that reads it as the median."""
-        return stats.positions(values, np.nan if self.missing_values == "no_evidence" else 0.5)
+        return stats.positions(
+            values, missing=np.nan if self.missing_values == "no_evidence" else 0.5
+        )
 
     def encode(self, values: np.ndarray, stats: DeploymentStats) -> np.ndarray:
         """Raw values (columns of the model) → network inputs relative to ``stats``."""
@@ -337,8 +341,14 @@ class KpiPreprocessor:
             class_observed=None
             if payload.get("class_observed") is None
             else np.asarray(payload["class_observed"], dtype=np.float64),
-            missing_values=payload.get("missing_values", "median"),
+            missing_values=_missing_values(payload.get("missing_values", "median")),
         )
+
+
+def _missing_values(value: object) -> str:
+    if value not in ("no_evidence", "median"):
+        raise ValueError(f"unknown reading of missing values in a saved model: {value!r}")
+    return str(value)
 
 
 def class_cdfs(values: pd.DataFrame, labels: np.ndarray, reference: DeploymentStats) -> np.ndarray:
@@ -381,7 +391,10 @@ def select_informative_columns(
     from sklearn.ensemble import RandomForestClassifier
 
     stats = DeploymentStats.measure("selection", features, columns, class_balanced_weights(labels))
-    positions = stats.positions(features.reindex(columns=list(columns)).to_numpy(dtype=np.float64))
+    # Missing values at the median: the forest needs a number (the choice predates no_evidence).
+    positions = stats.positions(
+        features.reindex(columns=list(columns)).to_numpy(dtype=np.float64), missing=0.5
+    )
     forest = RandomForestClassifier(
         n_estimators=200, n_jobs=1, random_state=seed, class_weight="balanced", min_samples_leaf=2
     ).fit(positions, labels)

@@ -1025,7 +1025,7 @@ def summary_text(summary: ScoringSummary) -> str:
     if summary.empty_rows:
         lines.append(
             f"warning: {summary.empty_rows} incidents have no value in any of the KPIs the "
-            "model reads; their diagnoses rest on the deployment's typical values only"
+            "model reads; their diagnoses rest on no evidence"
         )
     if summary.contract_sample:
         sample = summary.contract_sample

@@ -63,7 +63,8 @@ def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
 
 class TreeDiagnoser:
     """The gradient-boosted-trees baseline with the diagnoser's interface (same preprocessing:
-    deployment-relative quantile positions), so it is scored exactly like the MLP."""
+    deployment-relative quantile positions, missing values at the median), so it is scored
+    exactly like the MLP."""
 
     def __init__(self, preprocessor: KpiPreprocessor, seed: int) -> None:
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -82,7 +83,7 @@ class TreeDiagnoser:
         self, features: pd.DataFrame, deployment: DeploymentStats | None = None
     ) -> np.ndarray:
         stats = deployment or self.preprocessor.training
-        return stats.positions(self.preprocessor.raw_values(features))
+        return stats.positions(self.preprocessor.raw_values(features), missing=0.5)
 
     def fit(self, features: pd.DataFrame, labels: np.ndarray) -> TreeDiagnoser:
         self.model.fit(self.positions(features), labels)
