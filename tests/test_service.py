@@ -197,6 +197,8 @@ def test_model_info(served: Served, http) -> None:
     assert info["run_id"] == served.run_id
     assert "eval_macro_f1" in info["training_metrics"]
     assert len(info["features"]) == 107 and info["features"][0] == "feature0"
+    assert set(info["features_used"]) <= set(info["features"])
+    assert info["missing_values"] == "no_evidence"
     assert info["loaded_at"]
 
 

@@ -65,6 +65,8 @@ class ServedModel:
             "gate": {k: v for k, v in self.tags.items() if k.startswith(("gate", "eval_"))},
             "features": list(KPI_FEATURES),
             "features_used": list(self.diagnoser.preprocessor.columns),
+            # How a missing KPI reads: "no_evidence" (it moves nothing) or "median" (older models).
+            "missing_values": self.diagnoser.preprocessor.missing_values,
             "fault_classes": list(FAULT_CLASSES),
             "loaded_at": self.loaded_at,
         }
