@@ -266,3 +266,21 @@ def test_shard_losses_add_up_to_the_batch_mean() -> None:
     shard_sum = nn.CrossEntropyLoss(weight=weights, label_smoothing=0.05, reduction="sum")
     shares = [shard_sum(logits[r::2], labels[r::2]) / weights[labels].sum() for r in (0, 1)]
     assert torch.allclose(sum(shares), mean, atol=1e-6)
+
+
+def test_a_compressed_csv_is_one_partition_and_the_user_is_told(tmp_path: Path) -> None:
+    from systemhealer.scoring import partition_warning, plan_partitions
+
+    values = np.random.default_rng(0).normal(size=(3000, len(KPI_FEATURES)))
+    frame = pd.DataFrame(values, columns=list(KPI_FEATURES))
+    frame.insert(0, SAMPLE_ID, range(3000))
+    plain, packed = tmp_path / "kpis.csv", tmp_path / "kpis.csv.gz"
+    frame.to_csv(plain, index=False)
+    with gzip.open(packed, "wt") as out:
+        frame.to_csv(out, index=False)
+    assert len(plan_partitions(packed, 4, min_bytes=1)) == 1
+    warning = partition_warning(packed, 4)
+    assert warning is not None and "kpis.csv.gz is compressed" in warning and "not 4" in warning
+    assert len(plan_partitions(plain, 4, min_bytes=1)) > 1
+    assert partition_warning(plain, 4) is None
+    assert partition_warning(packed, 1) is None  # one partition was asked for

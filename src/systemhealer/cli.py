@@ -216,14 +216,9 @@ def predict(
     if dask:
         from systemhealer.orchestration import prepare_prefect
 
-        wanted = partitions or settings.scoring.partitions
-        if wanted > 1 and getattr(scoring.open_source(path), "codec", None) is not None:
-            _echo_warnings(
-                [
-                    f"{path.name} is compressed and is scored as one partition, not {wanted}: "
-                    "decompress it (or convert it to Parquet) to spread it over the workers"
-                ]
-            )
+        warning = scoring.partition_warning(path, partitions or settings.scoring.partitions)
+        if warning:
+            _echo_warnings([warning])
         prepare_prefect(settings)
         from flows.scoring import run_batch_scoring
 

@@ -842,6 +842,17 @@ class PartResult:
     contract_sample: dict[str, Any] | None = None
 
 
+def partition_warning(path: Path, wanted: int) -> str | None:
+    """Why ``path`` will not be spread over ``wanted`` partitions, if it will not: a compressed
+    CSV cannot be split at byte offsets, so it is scored as one partition."""
+    if wanted > 1 and getattr(open_source(path), "codec", None) is not None:
+        return (
+            f"{path.name} is compressed and is scored as one partition, not {wanted}: "
+            "decompress it (or convert it to Parquet) to spread it over the workers"
+        )
+    return None
+
+
 def plan_partitions(path: Path | str, count: int, min_bytes: int = 1 << 20) -> list[Partition]:
     """Split a file into about ``count`` partitions (CSV byte ranges of at least ``min_bytes``,
     Parquet row groups)."""
