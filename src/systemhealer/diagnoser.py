@@ -112,6 +112,10 @@ class FaultDiagnoser:
         """``predicted_label``, ``confidence``, ``proba_0…5`` per incident."""
         return diagnoses_frame(self.probabilities(features, deployment))
 
+    def kpis_read(self, features: pd.DataFrame) -> np.ndarray:
+        """Per incident, how many of the model's KPIs have a value (0: no evidence at all)."""
+        return (~np.isnan(self.preprocessor.raw_values(features))).sum(axis=1)
+
     @torch.inference_mode()
     def embed(
         self, features: pd.DataFrame, deployment: DeploymentStats | None = None

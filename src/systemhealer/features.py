@@ -168,6 +168,15 @@ class DeploymentStats:
         )
 
 
+def split_missing(u: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions with missing ones (NaN) set to 0.5, and where they were (None: nowhere), for
+    codes that compute on every cell and then blank the missing ones."""
+    missing = np.isnan(u)
+    if not missing.any():
+        return u, None
+    return np.where(missing, 0.5, u), missing
+
+
 def encode_positions(u: np.ndarray, ple_bins: int, reference_rows: int) -> np.ndarray:
     """Positions u ∈ [0, 1] → normal scores plus a ``ple_bins``-unit thermometer code of u.
 
@@ -176,11 +185,7 @@ def encode_positions(u: np.ndarray, ple_bins: int, reference_rows: int) -> np.nd
     their range, which no observed value gives (with 2 or more units), so it adds nothing to the
     network's first layer.
     """
-    missing = np.isnan(u)
-    if missing.any():
-        u = np.where(missing, 0.5, u)
-    else:
-        missing = None
+    u, missing = split_missing(u)
     eps = max(0.5 / max(reference_rows, 1), 1e-3)
     scores = ndtri(np.clip(u, eps, 1 - eps)).astype(np.float32)
     if missing is not None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from systemhealer.features import encode_positions
+from systemhealer.features import encode_positions, split_missing
 from systemhealer.model import FaultEnsemble, FaultMLP
 
 
@@ -86,11 +86,7 @@ class FusedNetwork:
     def bags(self, positions: np.ndarray, reference_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Table indices and weights (n × 3m each) of positions u (n × m, in [0, 1]; NaN =
         missing, whose code is all zeros: its three weights are 0)."""
-        missing = np.isnan(positions)
-        if missing.any():
-            positions = np.where(missing, 0.5, positions)
-        else:
-            missing = None
+        positions, missing = split_missing(positions)
         n, m = positions.shape
         indices = np.empty((n, 3, m), dtype=np.int64)
         weights = np.empty((n, 3, m), dtype=np.float32)

@@ -788,8 +788,7 @@ def diagnosis_summary(
     histogram, _ = np.histogram(np.clip(confidence, 0.0, 1.0), bins=edges)
     rows = len(diagnoses)
     # Incidents with no value in any KPI the model reads: their diagnosis rests on no evidence.
-    model_kpis = incidents.reindex(columns=list(diagnoser.preprocessor.columns))
-    unread = int(model_kpis.isna().all(axis=1).sum())
+    unread = int((diagnoser.kpis_read(incidents) == 0).sum())
     sample = (
         np.sort(np.random.default_rng(0).choice(rows, size=max_points, replace=False))
         if rows > max_points
@@ -808,7 +807,7 @@ def diagnosis_summary(
         },
         "mean_confidence": float(confidence.mean()) if rows else None,
         "low_confidence": int((confidence < 0.5).sum()),
-        "model_kpis": model_kpis.shape[1],
+        "model_kpis": len(diagnoser.preprocessor.columns),
         "unread": unread,
         "confidence_histogram": {"edges": edges.round(2).tolist(), "counts": histogram.tolist()},
         "embedding": {

@@ -184,10 +184,11 @@ def distillation_targets(
     """Training targets that mix the labels with a random forest's out-of-bag probabilities.
 
     The forest (the *teacher*, used only during training) learns the quantile positions the
-    MLP sees (missing values at the median); each row's target is ``(1 - w)·one_hot(label) + w·teacher(row)``, where the
-    teacher's opinion of a row comes only from trees that did not see it. It passes on which
-    incidents look alike across classes, which labels alone do not: +0.01–0.02 class-balanced
-    macro-F1 in duplicate-aware CV on the shipped data. None when ``settings.distill_weight`` is 0.
+    MLP sees (missing values at the median); each row's target is
+    ``(1 - w)·one_hot(label) + w·teacher(row)``, where the teacher's opinion of a row comes only
+    from trees that did not see it. It passes on which incidents look alike across classes, which
+    labels alone do not: +0.01–0.02 class-balanced macro-F1 in duplicate-aware CV on the shipped
+    data. None when ``settings.distill_weight`` is 0.
     """
     if settings.distill_weight <= 0:
         return None

@@ -455,7 +455,7 @@ def create_app(
         summary = jobs.diagnosis_summary(
             diagnoses, diagnoser, features, stats, settings.web.embedding_points
         )
-        kpis_read = features[list(diagnoser.preprocessor.columns)].notna().sum(axis=1)
+        kpis_read = diagnoser.kpis_read(features)
         records = [
             {**{k: jobs.json_value(v) for k, v in record.items()}, "kpis_read": int(read)}
             for record, read in zip(
