@@ -1,7 +1,8 @@
 """Scheduled drift checks: each new unlabelled file against the champion's training profile.
 
 Served on ``schedule.drift_cron`` by ``systemhealer schedule``; ``systemhealer drift FILE``
-checks one file at once. Reports: MLflow (monitoring experiment) and JSON under ``<home>/drift``.
+checks one file at once, ``--deployment NAME`` against a calibrated deployment's reference
+window. Reports: MLflow (monitoring experiment) and JSON under ``<home>/drift``.
 """
 
 from __future__ import annotations
@@ -13,16 +14,23 @@ from prefect import flow, get_run_logger, task
 
 from systemhealer import drift, tracking
 from systemhealer.config import Settings, load_settings
+from systemhealer.deployments import load_reference
 from systemhealer.errors import SystemHealerError
+from systemhealer.features import TRAINING_DEPLOYMENT
 from systemhealer.inbox import settled_files
 
 
 @task(name="check drift")
 def check_one(
-    path: str, settings: Settings, diagnoser: Any, version: str | None, keep_file: bool
+    path: str,
+    settings: Settings,
+    diagnoser: Any,
+    version: str | None,
+    keep_file: bool,
+    deployment: str | None = None,
 ) -> dict[str, Any]:
     """Check one file, keep and log its report, move it out of the drift inbox."""
-    report = drift.check_file(Path(path), settings, diagnoser, version)
+    report = drift.check_file(Path(path), settings, diagnoser, version, deployment)
     drift.log_report(report, settings)
     drift.save_report(report, settings)
     if not keep_file:
@@ -31,10 +39,15 @@ def check_one(
 
 
 @flow(name="drift", log_prints=True)
-def drift_flow(config_file: str | None = None, path: str | None = None) -> dict[str, Any]:
-    """Check ``path``, or every settled file of the drift inbox, for drift."""
+def drift_flow(
+    config_file: str | None = None, path: str | None = None, deployment: str | None = None
+) -> dict[str, Any]:
+    """Check ``path``, or every settled file of the drift inbox, for drift: against the
+    champion's training profile, or against calibrated deployment ``deployment``'s window."""
     logger = get_run_logger()
     settings = load_settings(config_file)
+    if deployment not in (None, TRAINING_DEPLOYMENT):
+        load_reference(settings, deployment)  # a known deployment? (raises if not)
     if path is not None:
         files, waiting, keep = [Path(path)], [], True
     else:
@@ -53,10 +66,9 @@ def drift_flow(config_file: str | None = None, path: str | None = None) -> dict[
     checked = []
     for file in files:
         report = check_one(
-            str(file), settings, diagnoser, version.version if version else None, keep
+            str(file), settings, diagnoser, version.version if version else None, keep, deployment
         )
         logger.info(report["headline"])
-        checked.append(
-            {k: report[k] for k in ("source", "report_id", "mlflow_run_id", "summary", "headline")}
-        )
+        keys = ("source", "report_id", "mlflow_run_id", "baseline", "summary", "headline")
+        checked.append({k: report[k] for k in keys})
     return {"checked": checked, "waiting": [p.name for p in waiting]}

@@ -103,6 +103,68 @@ def test_drift_flow_keeps_reports_and_logs_them_to_mlflow(
 
 
 @pytest.mark.integration
+def test_drift_against_a_calibrated_deployment_s_reference_window(
+    trained_state,
+    unlabelled_frame: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Incidents of another deployment always drift from the training data; against their own
+    deployment's window they do not, unless the deployment changes again."""
+    from flows.drift import drift_flow
+    from systemhealer import deployments
+    from tests.test_cli import run_cli
+
+    settings = load_settings()
+    diagnoser, _ = tracking.load_diagnoser(settings)
+    window, later = unlabelled_frame.iloc[::2], unlabelled_frame.iloc[1::2]
+    deployments.register_deployment(settings, "drift-site", window, "window.csv")
+    try:
+        against_training = drift.check_frame(later, "later.csv", settings, diagnoser, "1")
+        against_window = drift.check_frame(
+            later, "later.csv", settings, diagnoser, "1", deployment="drift-site"
+        )
+        assert against_training.summary["drift_detected"] is True
+        assert against_window.summary["drift_detected"] is False, against_window.headline()
+        assert against_window.baseline == "drift-site"
+        assert "deployment 'drift-site'" in against_window.headline()
+        # The GX range checks use the window's ranges too: no range warnings on the same kind
+        # of incidents, where the training ranges warn.
+        assert not any(i["check"] == "drift" for i in against_window.validation["issues"])
+        assert any(i["check"] == "drift" for i in against_training.validation["issues"])
+
+        # The deployment changed: eight of the model's KPIs in other units.
+        moved = list(diagnoser.preprocessor.columns[:8])
+        changed = later.copy()
+        changed[moved] = changed[moved] * 1000.0
+        path = tmp_path / "changed.csv"
+        changed.to_csv(path, index=False)
+        outcome = drift_flow(path=str(path), deployment="drift-site")
+        (checked,) = outcome["checked"]
+        assert checked["baseline"] == "drift-site"
+        assert checked["summary"]["drift_detected"] is True
+        assert set(checked["summary"]["drifted_features"]) >= set(moved)
+        assert drift.load_report(settings, checked["report_id"])["baseline"] == "drift-site"
+        runs = tracking.list_runs(settings, tracking.monitoring_experiment(settings))
+        logged = next(r for r in runs if r["run_id"] == checked["mlflow_run_id"])
+        assert logged["tags"]["baseline"] == "drift-site"
+
+        code, _, err = run_cli(["drift", "--deployment", "drift-site"], capsys, monkeypatch)
+        assert code == 2 and "one file at a time" in err
+        code, _, err = run_cli(
+            ["drift", str(path), "--deployment", "no-such-site"], capsys, monkeypatch
+        )
+        assert code == 3 and "no deployment named 'no-such-site'" in err
+        code, out, _ = run_cli(
+            ["drift", str(path), "--deployment", "drift-site"], capsys, monkeypatch
+        )
+        assert code == 0 and "DRIFT against deployment 'drift-site'" in out
+    finally:
+        deployments.remove_deployment(settings, "drift-site")
+
+
+@pytest.mark.integration
 def test_retraining_flow_merges_trains_then_waits_for_new_data(
     prefect_harness, small_training_frame: pd.DataFrame, tmp_path: Path
 ) -> None:

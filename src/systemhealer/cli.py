@@ -666,19 +666,40 @@ def drift(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the drift report as JSON.")
     ] = False,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare with this calibrated deployment's reference window instead of the "
+            "champion's training data (incidents of another deployment always differ from those)."
+        ),
+    ] = None,
 ) -> None:
-    """Check incidents for drift against the champion's training profile; keep the report."""
+    """Check incidents for drift against the champion's training profile (or a deployment's
+    reference window); keep the report."""
+    from systemhealer import deployments
+    from systemhealer.features import TRAINING_DEPLOYMENT
     from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
 
     settings = _settings(config)
+    name = _deployment_name(deployment, "--deployment")
+    if name == TRAINING_DEPLOYMENT:
+        name = None
+    if path is not None and not path.is_file():
+        raise SystemHealerError(f"{path}: no such file")
+    if name is not None and path is None:
+        raise typer.BadParameter(
+            "a deployment's incidents are checked one file at a time: give the file "
+            "(the drift inbox holds incidents of the training deployment)",
+            param_hint="--deployment",
+        )
+    if name is not None:
+        deployments.load_reference(settings, name)  # exists? (before Prefect starts)
     prepare_prefect(settings)
     from flows.drift import drift_flow
 
     quiet_prefect_console()
-    if path is not None and not path.is_file():
-        raise SystemHealerError(f"{path}: no such file")
     outcome = drift_flow(
-        str(config.resolve()) if config else None, str(path.resolve()) if path else None
+        str(config.resolve()) if config else None, str(path.resolve()) if path else None, name
     )
     if as_json:
         _echo_json(outcome)

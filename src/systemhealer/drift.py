@@ -1,4 +1,5 @@
-"""Drift monitoring: new unlabelled incidents against the champion's training profile.
+"""Drift monitoring: new unlabelled incidents against the champion's training profile, or
+against a calibrated deployment's reference window.
 
 Two views of the same file:
 
@@ -14,6 +15,12 @@ A feature drifted when its PSI exceeds ``schedule.drift_psi_threshold`` (0.25 is
 "major shift" mark); the file drifted when at least ``schedule.drift_feature_share`` of the
 features the model uses did. Reports are kept as JSON under ``<home>/drift/`` (newest also as
 ``latest.json``, for the web page) and logged to MLflow in the monitoring experiment.
+
+Incidents of another deployment differ from the training data by design (other units, sizes,
+class mix; ``docs/calibration.md``), so against the training profile they always drift. Checked
+with ``deployment=NAME``, they are compared with that deployment's reference window instead —
+the same profile (value ranges, missing fractions, sketches) learned from the window — which
+says when the deployment has changed since it was calibrated, and should be calibrated again.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import pandas as pd
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES, label_columns, read_incidents
 from systemhealer.errors import DataValidationError, SystemHealerError
+from systemhealer.features import TRAINING_DEPLOYMENT
 
 SKETCH_PROBS = np.linspace(0.0, 1.0, 21)
 DECILES = np.linspace(0.1, 0.9, 9)
@@ -131,6 +139,9 @@ class DriftReport:
     features: list[dict[str, Any]] = field(default_factory=list)
     mlflow_run_id: str | None = None
     report_id: str | None = None
+    # What the incidents were compared with: "training" (the champion's training profile) or
+    # the name of a calibrated deployment (its reference window).
+    baseline: str = TRAINING_DEPLOYMENT
 
     @property
     def drift_detected(self) -> bool | None:
@@ -146,9 +157,15 @@ class DriftReport:
             return f"{self.source}: no drift verdict ({s.get('reason', 'unknown')})"
         verdict = "DRIFT" if s["drift_detected"] else "no drift"
         top = ", ".join(f"{f['feature']} (PSI {f['psi']:.2f})" for f in self.top_features(3))
+        against = (
+            "the training data"
+            if self.baseline == TRAINING_DEPLOYMENT
+            else f"deployment '{self.baseline}'s reference window"
+        )
         return (
-            f"{self.source}: {verdict} — {s['features_drifted']}/{s['features_checked']} features "
-            f"over PSI {s['psi_threshold']:g}" + (f"; most shifted: {top}" if top else "")
+            f"{self.source}: {verdict} against {against} — {s['features_drifted']}/"
+            f"{s['features_checked']} features over PSI {s['psi_threshold']:g}"
+            + (f"; most shifted: {top}" if top else "")
         )
 
     def top_features(self, n: int = 5) -> list[dict[str, Any]]:
@@ -213,16 +230,33 @@ def _summary(
     }
 
 
+def baseline_profile(settings: Settings, diagnoser: Any, deployment: str | None) -> Any:
+    """The profile incidents are compared with: the champion's training profile, or the one of
+    deployment ``deployment``'s reference window (DeploymentNotFoundError if there is none)."""
+    from systemhealer.deployments import load_reference
+    from systemhealer.validation import DataProfile
+
+    if deployment is None or deployment == TRAINING_DEPLOYMENT:
+        return diagnoser.profile
+    return DataProfile.learn(load_reference(settings, deployment))
+
+
 def check_frame(
-    raw: pd.DataFrame, source: str, settings: Settings, diagnoser: Any, version: str | None
+    raw: pd.DataFrame,
+    source: str,
+    settings: Settings,
+    diagnoser: Any,
+    version: str | None,
+    deployment: str | None = None,
 ) -> DriftReport:
-    """Drift of a frame of incidents against ``diagnoser``'s training profile (no side effects)."""
+    """Drift of a frame of incidents against ``diagnoser``'s training profile, or against the
+    reference window of calibrated deployment ``deployment`` (no side effects)."""
     from systemhealer.validation import validate_frame
 
     checked_at = datetime.now(UTC).isoformat(timespec="seconds")
+    profile = baseline_profile(settings, diagnoser, deployment)
     if len(raw) > MAX_ROWS:
         raw = raw.sample(MAX_ROWS, random_state=0)
-    profile = diagnoser.profile
     # Labels, if any, are not needed to measure drift: check the file as unlabelled incidents.
     unlabelled = raw.drop(columns=label_columns(raw.columns))
     report, frame = validate_frame(unlabelled, source, settings.data, False, profile)
@@ -252,11 +286,19 @@ def check_frame(
         validation=report.to_dict(),
         summary=_summary(table, len(frame), settings, reason),
         features=table,
+        baseline=deployment or TRAINING_DEPLOYMENT,
     )
 
 
-def check_file(path: Path, settings: Settings, diagnoser: Any, version: str | None) -> DriftReport:
-    """Drift of a CSV/Parquet file; an unreadable file gives a report saying why."""
+def check_file(
+    path: Path,
+    settings: Settings,
+    diagnoser: Any,
+    version: str | None,
+    deployment: str | None = None,
+) -> DriftReport:
+    """Drift of a CSV/Parquet file (against the training profile or ``deployment``'s window);
+    an unreadable file gives a report saying why."""
     try:
         raw = read_incidents(path)
     except Exception as exc:  # unreadable (or a bug): a report saying so, the inbox moves on
@@ -268,8 +310,9 @@ def check_file(path: Path, settings: Settings, diagnoser: Any, version: str | No
             champion_version=version,
             validation=empty,
             summary=_summary([], 0, settings, f"unreadable: {exc}"),
+            baseline=deployment or TRAINING_DEPLOYMENT,
         )
-    return check_frame(raw, path.name, settings, diagnoser, version)
+    return check_frame(raw, path.name, settings, diagnoser, version, deployment)
 
 
 # --- keeping reports ---
@@ -320,6 +363,7 @@ def log_report(report: DriftReport, settings: Settings) -> str:
         "source": report.source,
         "champion_version": str(report.champion_version),
         "drift_detected": str(report.drift_detected),
+        "baseline": report.baseline,
     }
     with tracking.monitoring_run(settings, f"drift-{_safe_stem(report.source)}", tags) as run_id:
         numbers = {
@@ -352,6 +396,7 @@ def list_reports(settings: Settings, limit: int = 50) -> list[dict[str, Any]]:
                 "checked_at": payload.get("checked_at"),
                 "rows": payload.get("rows"),
                 "champion_version": payload.get("champion_version"),
+                "baseline": payload.get("baseline", TRAINING_DEPLOYMENT),
                 "summary": payload.get("summary", {}),
             }
         )
