@@ -85,6 +85,34 @@ def test_swap_noise_keeps_each_kpi_within_its_fault_class() -> None:
     assert swap_within_class(values, labels, 0.0, rng) is values
 
 
+def test_cell_noise_multiplies_or_divides_each_value_of_a_noisy_incident_by_its_own_factor() -> (
+    None
+):
+    from systemhealer.shift import cell_noise
+
+    rng = np.random.default_rng(5)
+    values = rng.lognormal(0, 3, size=(4000, 6)) * np.where(rng.random((4000, 6)) < 0.2, -1, 1)
+    values[rng.random(values.shape) < 0.1] = np.nan
+    noisy = cell_noise(values, 0.3, 0.1, rng)
+    assert np.array_equal(np.isnan(noisy), np.isnan(values))  # missing stays missing
+    ratio = noisy / values
+    touched = ~np.all((ratio == 1) | np.isnan(ratio), axis=1)
+    assert 0.27 < touched.mean() < 0.33  # about 30 % of the incidents, the rest untouched
+    assert np.nanmin(ratio) >= 1 / 1.1 - 1e-12 and np.nanmax(ratio) <= 1.1 + 1e-12
+    up = touched & (np.nanmean(ratio, axis=1) > 1)
+    down = touched & (np.nanmean(ratio, axis=1) < 1)
+    assert abs(up.sum() - down.sum()) < 0.15 * touched.sum()  # both directions, about evenly
+    assert np.nanmin(ratio[up]) >= 1 and np.nanmax(ratio[down]) <= 1  # one direction per incident
+    # Independent per cell: the factors of two KPIs of the same incident are uncorrelated.
+    both = up & ~np.isnan(ratio[:, 0]) & ~np.isnan(ratio[:, 1])
+    assert abs(np.corrcoef(ratio[both, 0], ratio[both, 1])[0, 1]) < 0.1
+    upward = cell_noise(values, 1.0, 0.1, rng, direction="up") / values
+    assert np.nanmin(upward) >= 1 and np.nanmedian(upward) == pytest.approx(1.05, abs=0.005)
+    assert cell_noise(values, 0.0, 0.1, rng) is values
+    with pytest.raises(ValueError):
+        cell_noise(values, 0.3, 0.1, rng, direction="sideways")
+
+
 def test_shifted_copies_can_swap_values_within_class() -> None:
     from systemhealer.shift import shifted_copies
 

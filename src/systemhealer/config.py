@@ -88,6 +88,13 @@ class TrainingSettings(_Section):
     # KPI values is replaced by the same KPI of another incident of its fault class
     # (shift.swap_within_class). 0 = off.
     swap_share: float = Field(0.3, ge=0, lt=1)
+    # Per-cell noise: each epoch about this share of the training incidents has every KPI value
+    # multiplied — or, for half of them, divided — by its own factor drawn from
+    # U(1, 1 + cell_noise) (shift.cell_noise). The shipped unlabelled deployment holds incidents
+    # with such noise (factors U(1, 1.1)) beside clean ones; a window of one kind reading
+    # incidents of the other then misplaces narrow KPIs (docs/calibration.md). 0 = off.
+    cell_noise: float = Field(0.1, ge=0, lt=1)
+    cell_noise_share: float = Field(0.3, ge=0, le=1)
 
 
 class EvaluationSettings(_Section):

@@ -77,6 +77,38 @@ def swap_within_class(
     return swapped
 
 
+def cell_noise(
+    values: np.ndarray,
+    share: float,
+    size: float,
+    rng: np.random.Generator,
+    direction: str = "both",
+) -> np.ndarray:
+    """Incidents with about ``share`` of them noisy: every KPI value of a noisy incident is
+    multiplied by its own factor drawn from U(1, 1 + ``size``), independently per cell.
+
+    With ``direction="both"`` half of the noisy incidents are divided by their factors instead,
+    so the network sees clean incidents read against a noisy reference window as well as noisy
+    incidents read against a clean one. The shipped unlabelled deployment looks like this: its
+    rows 1000-1999 are rows like 0-999 with every cell multiplied by U(1, 1.1) (their
+    configuration constants lose their exact values, each ratio to the constant is uniform on
+    1.0-1.1, independent across the cells of a row). Calibration undoes per-KPI changes, not
+    per-cell ones; narrow KPIs such as ``feature2`` (values near 1.1) move across most of their
+    range. Used as training augmentation (``training.cell_noise``).
+    """
+    if share <= 0 or size <= 0:
+        return values
+    noisy = np.flatnonzero(rng.random(len(values)) < share)
+    factors = rng.uniform(1.0, 1.0 + size, size=(len(noisy), values.shape[1]))
+    if direction == "both":
+        factors[rng.random(len(noisy)) < 0.5] **= -1.0
+    elif direction != "up":
+        raise ValueError(f"direction must be 'both' or 'up', not {direction!r}")
+    result = values.copy()
+    result[noisy] *= factors
+    return result
+
+
 def apply_shift(features: pd.DataFrame, spec: ShiftSpec) -> pd.DataFrame:
     """Apply a shift to raw KPI features (configuration columns: every value times its factor)."""
     shifted = features.copy()

@@ -29,7 +29,7 @@ from systemhealer.errors import TrainingError
 from systemhealer.evaluation import macro_f1
 from systemhealer.features import KpiPreprocessor
 from systemhealer.model import FaultEnsemble, FaultMLP
-from systemhealer.shift import pseudo_deployment, swap_within_class
+from systemhealer.shift import cell_noise, pseudo_deployment, swap_within_class
 
 EpochCallback = Callable[[dict[str, float]], None]
 # Network inputs of the training rows for one epoch (drawn anew each epoch when augmenting).
@@ -76,9 +76,15 @@ class PreparedData:
             simulated = (
                 settings.pseudo_deployments and rng.random() >= settings.p_training_reference
             )
-            if not simulated and settings.swap_share <= 0:
+            augmented = settings.swap_share > 0 or (
+                settings.cell_noise > 0 and settings.cell_noise_share > 0
+            )
+            if not simulated and not augmented:
                 return base
             epoch_values = swap_within_class(values, labels, settings.swap_share, rng)
+            epoch_values = cell_noise(
+                epoch_values, settings.cell_noise_share, settings.cell_noise, rng
+            )
             stats = (
                 pseudo_deployment(values, labels, self.preprocessor.columns, rng)
                 if simulated
