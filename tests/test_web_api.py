@@ -42,7 +42,10 @@ def _csv(frame: pd.DataFrame) -> bytes:
 
 
 def _diagnose_file(
-    client: TestClient, frame: pd.DataFrame, name: str = "labelled.csv"
+    client: TestClient,
+    frame: pd.DataFrame,
+    name: str = "labelled.csv",
+    deployment: str | None = None,
 ) -> dict[str, Any]:
     """Upload a file for diagnosis, queue the job, and wait until it has succeeded."""
     upload = client.post(
@@ -51,7 +54,10 @@ def _diagnose_file(
         data={"purpose": "diagnose"},
     ).json()
     assert upload["ok"] is True, upload
-    job = client.post("/ui/api/diagnosis-jobs", json={"upload_id": upload["upload_id"]})
+    job = client.post(
+        "/ui/api/diagnosis-jobs",
+        json={"upload_id": upload["upload_id"], "deployment": deployment},
+    )
     assert job.status_code == 202
     done = _wait_job(client, job.json()["id"])
     assert done["status"] == "succeeded", done
@@ -392,6 +398,25 @@ def test_registering_a_deployment_reports_its_estimated_class_mix(
     ).json()
     assert not answer["ok"] and "KPI columns the model reads" in answer["error"]
     assert "site-blind" not in {d["name"] for d in client.get("/ui/api/deployments").json()}
+
+
+def test_a_deployment_s_file_is_checked_against_its_window_not_the_training_data(
+    client: TestClient, unlabelled_frame: pd.DataFrame
+) -> None:
+    window = unlabelled_frame.iloc[::2].to_csv(index=False).encode()
+    answer = client.post(
+        "/ui/api/deployments", data={"name": "site-ranges"}, files={"file": ("w.csv", window)}
+    ).json()
+    assert answer["ok"], answer
+    later = unlabelled_frame.iloc[1::2].head(400).reset_index(drop=True)
+    as_training = _diagnose_file(client, later, "later.csv")["result"]
+    as_deployment = _diagnose_file(client, later, "later.csv", deployment="site-ranges")
+    result = as_deployment["result"]
+    assert result["deployment"] == "site-ranges" and as_training["deployment"] == "training"
+    # Out-of-range warnings against the training data's units; few or none against the window.
+    assert as_training["warnings"] >= 5 and result["warnings"] < as_training["warnings"] / 3
+    validation = client.get(f"/ui/api/jobs/{as_deployment['id']}/download/validation.json").json()
+    assert sum(not i["blocking"] for i in validation["issues"]) == result["warnings"]
 
 
 def test_removing_a_deployment(client: TestClient, unlabelled_frame: pd.DataFrame) -> None:

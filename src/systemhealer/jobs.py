@@ -701,6 +701,7 @@ class DiagnosisExecutor:
     def __call__(self, job: Job) -> None:
         from systemhealer.data import label_columns, read_incidents
         from systemhealer.deployments import deployment_stats
+        from systemhealer.drift import baseline_profile
         from systemhealer.evaluation import scores_against_labels
         from systemhealer.scoring import atomic_write, diagnose_frame
         from systemhealer.validation import require_valid, validate_frame
@@ -723,8 +724,12 @@ class DiagnosisExecutor:
                 str(exc).replace(str(folder / job.input_file), job.source)
             ) from exc
         report(stage="validating", rows=len(raw))
+        deployment = job.params.get("deployment") or None
+        # Range and missing-value warnings against what these incidents should look like: the
+        # training data, or the chosen deployment's reference window (its units, not training's).
+        profile = baseline_profile(self.settings, diagnoser, deployment)
         validation, frame = validate_frame(
-            raw, job.source, self.settings.data, require_label=False, profile=diagnoser.profile
+            raw, job.source, self.settings.data, require_label=False, profile=profile
         )
         write_json(folder / "validation.json", validation.to_dict())
         try:
@@ -734,7 +739,6 @@ class DiagnosisExecutor:
                 folder / "error.json", {"message": str(exc), "validation": validation.to_dict()}
             )
             raise
-        deployment = job.params.get("deployment") or None
         stats = deployment_stats(self.settings, diagnoser, deployment)
         report(stage="diagnosing")
         parts = []

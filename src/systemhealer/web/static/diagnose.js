@@ -162,7 +162,9 @@
     if (job.status === "cancelled") box.appendChild(h("div.alert.warn", SH.t("job.was_cancelled")));
     const results = document.getElementById("diagnosis-results");
     if (job.status === "succeeded" && job.result) {
-      if (job.result.warnings) box.appendChild(h("div.alert.warn", SH.t("diagnose.drift_warnings", { n: job.result.warnings }), " ",
+      if (job.result.warnings) box.appendChild(h("div.alert.warn", (job.result.deployment && job.result.deployment !== "training"
+        ? SH.t("diagnose.drift_warnings_deployment", { n: job.result.warnings, name: job.result.deployment })
+        : SH.t("diagnose.drift_warnings", { n: job.result.warnings })), " ",
         h("a", { href: `/ui/api/jobs/${job.id}/download/validation.json`, download: "" }, SH.t("diagnose.validation_report"))));
       const source = (state) => {
         const q = new URLSearchParams({ offset: state.offset, limit: state.limit });

@@ -100,6 +100,7 @@ window.I18N = {
     "diagnose.embedding": "Embedding (penultimate layer, PCA)", "diagnose.table": "Diagnosis of each incident",
     "diagnose.recent": "Recent diagnosis jobs",
     "diagnose.drift_warnings": "{n} drift warning(s): these incidents differ from the training data.",
+    "diagnose.drift_warnings_deployment": "{n} drift warning(s): these incidents differ from deployment {name}'s reference window; calibrate it again if the deployment has changed.",
     "diagnose.validation_report": "Validation report (.json)",
     "col.sample_id": "sample id", "col.predicted": "predicted class", "col.confidence": "confidence", "col.probabilities": "probabilities",
 
@@ -234,6 +235,7 @@ window.I18N = {
     "diagnose.embedding": "嵌入（倒数第二层，PCA）", "diagnose.table": "每条故障的诊断",
     "diagnose.recent": "最近的诊断任务",
     "diagnose.drift_warnings": "{n} 条漂移警告：这些故障与训练数据存在差异。",
+    "diagnose.drift_warnings_deployment": "{n} 条漂移警告：这些故障与部署 {name} 的参考窗口存在差异；如果该部署已变化，请重新校准。",
     "diagnose.validation_report": "校验报告（.json）",
     "col.sample_id": "样本 ID", "col.predicted": "预测类别", "col.confidence": "置信度", "col.probabilities": "各类概率",
 
