@@ -105,17 +105,19 @@ def main() -> None:
         )
     if args.hard:
         print(
-            "\n| held-out incidents | shift (calibrated) | skewed mix | swapped values | shift score |"
+            "\n| held-out incidents | shift (calibrated) | skewed mix | swapped values "
+            "| clean and noisy halves | shift score |"
         )
-        print("|---|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|")
         for name, scores in simulated.items():
             mean = {
                 k: float(np.mean([getattr(s, k) for s in scores]))
-                for k in ("calibrated", "skewed", "swapped")
+                for k in ("calibrated", "skewed", "swapped", "noisy")
             }
             print(
                 f"| {name} | {mean['calibrated']:.4f} | {mean['skewed']:.4f} "
-                f"| {mean['swapped']:.4f} | {np.mean(list(mean.values())):.4f} |"
+                f"| {mean['swapped']:.4f} | {mean['noisy']:.4f} "
+                f"| {np.mean(list(mean.values())):.4f} |"
             )
 
 

@@ -378,10 +378,11 @@ def test_sweep_registers_its_best_mlp(
             "shift_uncalibrated_macro_f1",
             "shift_skewed_macro_f1",
             "shift_swapped_macro_f1",
+            "shift_noisy_macro_f1",
             "shift_score",
         } <= set(metrics)
         assert metrics["shift_score"] == pytest.approx(
-            np.mean([metrics[f"shift_{s}macro_f1"] for s in ("", "skewed_", "swapped_")])
+            np.mean([metrics[f"shift_{s}macro_f1"] for s in ("", "skewed_", "swapped_", "noisy_")])
         )
 
 
@@ -393,10 +394,10 @@ def test_crossval_reports_every_simulation_and_the_shift_score(
         ["crossval", str(small_training_csv), "--folds", "2"], capsys, monkeypatch
     )
     assert code == 0, err
-    assert out.count("fold ") >= 2 and "swapped values" in out
+    assert out.count("fold ") >= 2 and "swapped values" in out and "noisy halves" in out
     header, _, *rows = [line for line in out.splitlines() if line.startswith("|")]
     assert "shift score" in header and len(rows) == 3  # two folds and their mean
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    shift, skewed, swapped, score = (float(cells[i]) for i in (4, 6, 7, 8))
-    assert score == pytest.approx((shift + skewed + swapped) / 3, abs=1e-4)
+    shift, skewed, swapped, noisy, score = (float(cells[i]) for i in (4, 6, 7, 8, 9))
+    assert score == pytest.approx((shift + skewed + swapped + noisy) / 4, abs=1e-4)
     assert rows[-1].startswith("| mean ± sd")

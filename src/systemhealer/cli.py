@@ -149,8 +149,9 @@ def train(
         f"simulated other deployments: macro-F1 {outcome['shift_macro_f1']:.4f} calibrated, "
         f"{outcome['shift_uncalibrated_macro_f1']:.4f} uncalibrated, "
         f"{outcome['shift_skewed_macro_f1']:.4f} calibrated with a skewed class mix, "
-        f"{outcome['shift_swapped_macro_f1']:.4f} calibrated with values swapped within class "
-        f"(shift score {outcome['shift_score']:.4f})\n"
+        f"{outcome['shift_swapped_macro_f1']:.4f} calibrated with values swapped within class, "
+        f"{outcome['shift_noisy_macro_f1']:.4f} with a clean and a noisy half calibrating each "
+        f"other (shift score {outcome['shift_score']:.4f})\n"
         f"{outcome['epochs']} epochs in {outcome['train_seconds']} s; MLflow run {outcome['run_id']}"
     )
 
@@ -279,8 +280,8 @@ def crossval(
             f"fold {fold.fold}: eval macro-F1 {fold.eval_macro_f1:.4f} "
             f"({fold.eval_balanced_macro_f1:.4f} class-balanced), shift {fold.shift_macro_f1:.4f} "
             f"(uncalibrated {fold.shift_uncalibrated_macro_f1:.4f}, skewed mix "
-            f"{fold.shift_skewed_macro_f1:.4f}, swapped values {fold.shift_swapped_macro_f1:.4f}), "
-            f"{fold.train_seconds:.0f} s"
+            f"{fold.shift_skewed_macro_f1:.4f}, swapped values {fold.shift_swapped_macro_f1:.4f}, "
+            f"clean and noisy halves {fold.shift_noisy_macro_f1:.4f}), {fold.train_seconds:.0f} s"
         )
 
     typer.echo(cv.summary_table(cv.cross_validate(frame, settings, folds, on_fold=show)))

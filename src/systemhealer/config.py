@@ -105,7 +105,12 @@ class EvaluationSettings(_Section):
     # swapped within its class (KPIs that go together less tightly, as on the shipped unlabelled
     # deployment; shift.swap_within_class).
     shift_swap_share: float = Field(0.3, ge=0, lt=1)
-    # The gate also requires the shift score (mean of the three calibrated simulations) to be
+    # A fourth: balanced shifted copies whose second half has every value multiplied by its own
+    # factor from U(1, 1 + this); the clean half calibrates the scoring of the noisy half and
+    # the reverse, as the two kinds of incidents of the shipped unlabelled deployment would
+    # (shift.cell_noise, docs/calibration.md).
+    shift_cell_noise: float = Field(0.1, ge=0, lt=1)
+    # The gate also requires the shift score (mean of the four calibrated simulations) to be
     # at least the champion's.
     gate_on_shift: bool = True
 

@@ -84,13 +84,19 @@ class HoldoutScores:
     # Calibrated, on balanced shifted copies with a share of their KPI values swapped within
     # class (evaluation.shift_swap_share).
     shift_swapped_macro_f1: float
+    # Calibrated, on balanced shifted copies whose clean half and cell-noisy half calibrate
+    # each other (evaluation.shift_cell_noise).
+    shift_noisy_macro_f1: float
 
     @property
     def shift_score(self) -> float:
-        """What the gate and the sweep compare under shift: the mean of the three calibrated
-        simulations (balanced, skewed mix, swapped values)."""
+        """What the gate and the sweep compare under shift: the mean of the four calibrated
+        simulations (balanced, skewed mix, swapped values, clean and noisy halves)."""
         return shift_score(
-            self.shift_macro_f1, self.shift_skewed_macro_f1, self.shift_swapped_macro_f1
+            self.shift_macro_f1,
+            self.shift_skewed_macro_f1,
+            self.shift_swapped_macro_f1,
+            self.shift_noisy_macro_f1,
         )
 
 
@@ -108,7 +114,7 @@ def holdout_scores(
     simulated = simulate_deployments(
         diagnoser, prepared.features(part), prepared.labels[part],
         settings.data.config_like_columns, settings.evaluation.shift_copies, seed,
-        settings.evaluation.shift_swap_share, calibrate,
+        settings.evaluation.shift_swap_share, calibrate, settings.evaluation.shift_cell_noise,
     )  # fmt: skip
     return HoldoutScores(
         eval_macro_f1=EvaluationReport.score(prepared.labels[part], predicted).macro_f1,
@@ -116,6 +122,7 @@ def holdout_scores(
         shift_uncalibrated_macro_f1=simulated.uncalibrated,
         shift_skewed_macro_f1=simulated.skewed,
         shift_swapped_macro_f1=simulated.swapped,
+        shift_noisy_macro_f1=simulated.noisy,
     )
 
 
@@ -338,6 +345,7 @@ def summary(
         "shift_uncalibrated_macro_f1": round(candidate.scores.shift_uncalibrated_macro_f1, 4),
         "shift_skewed_macro_f1": round(candidate.scores.shift_skewed_macro_f1, 4),
         "shift_swapped_macro_f1": round(candidate.scores.shift_swapped_macro_f1, 4),
+        "shift_noisy_macro_f1": round(candidate.scores.shift_noisy_macro_f1, 4),
         "shift_score": round(candidate.scores.shift_score, 4),
         "promoted": decision.promoted,
         "gate_reason": decision.reason,

@@ -189,6 +189,7 @@ def shifted_copies(
     seed: int,
     balanced: bool = True,
     swap_share: float = 0.0,
+    noisy_half: float = 0.0,
 ) -> list[tuple[pd.DataFrame, np.ndarray]]:
     """``shifts`` shifted copies of held-out rows (the same for every model): class-balanced, or
     with ``balanced=False`` all rows in their own (skewed) class mix, reshuffled.
@@ -196,7 +197,11 @@ def shifted_copies(
     With ``swap_share`` > 0 about that share of each copied incident's KPI values is first
     replaced by the same KPI of another held-out incident of its class: a deployment whose KPIs
     go together less tightly than the training ones, which calibration cannot undo (the shipped
-    unlabelled deployment looks like a share of 0.3, docs/calibration.md)."""
+    unlabelled deployment looks like a share of 0.3, docs/calibration.md).
+
+    With ``noisy_half`` > 0 the second half of each copy's incidents has every value multiplied
+    by its own factor from U(1, 1 + ``noisy_half``) (``cell_noise``): score such copies with
+    ``ordered_halves`` so that the clean half calibrates the noisy one and the reverse."""
     rng = np.random.default_rng(seed)
     present = np.bincount(labels, minlength=N_CLASSES) > 0
     mix = present / present.sum()
@@ -208,7 +213,13 @@ def shifted_copies(
             values = swap_within_class(copied.to_numpy(float), labels[rows], swap_share, rng)
             copied = pd.DataFrame(values, columns=copied.columns)
         spec = random_shift(rng, columns, config_like)
-        copies.append((apply_shift(copied, spec), labels[rows]))
+        copied = apply_shift(copied, spec)
+        if noisy_half > 0:
+            values = copied.to_numpy(float)
+            half = len(values) // 2
+            values[half:] = cell_noise(values[half:], 1.0, noisy_half, rng, direction="up")
+            copied = pd.DataFrame(values, columns=copied.columns)
+        copies.append((copied, labels[rows]))
     return copies
 
 
@@ -226,11 +237,13 @@ def cross_calibrated(
     features: pd.DataFrame,
     calibrate: Callable[[pd.DataFrame], DeploymentStats],
     rng: np.random.Generator,
+    ordered: bool = False,
 ) -> tuple[np.ndarray, list[CalibrationWindow]]:
-    """Diagnoses of every row of ``features``, split at random into halves A and B: A
-    calibrates the scoring of B and B of A, so no row is scored with statistics it took part
-    in. ``calibrate`` sees KPI values only (what the caller passes in ``features``)."""
-    order = rng.permutation(len(features))
+    """Diagnoses of every row of ``features``, split at random (``ordered``: first and second
+    half) into halves A and B: A calibrates the scoring of B and B of A, so no row is scored
+    with statistics it took part in. ``calibrate`` sees KPI values only (what the caller passes
+    in ``features``)."""
+    order = np.arange(len(features)) if ordered else rng.permutation(len(features))
     halves = (order[: len(order) // 2], order[len(order) // 2 :])
     predicted = np.empty(len(features), dtype=np.int64)
     windows = []
@@ -247,6 +260,7 @@ def shift_scores(
     copies: list[tuple[pd.DataFrame, np.ndarray]],
     seed: int,
     calibrate: Callable[[pd.DataFrame], DeploymentStats] | None = None,
+    ordered_halves: bool = False,
 ) -> ShiftScores:
     """Score a diagnoser on shifted copies: each copy is split in halves A/B; A calibrates the
     scoring of B and B of A (never the rows scored). ``calibrate`` turns a reference window
@@ -259,7 +273,9 @@ def shift_scores(
         return diagnoser.preprocessor.measure_deployment("simulated", window)  # type: ignore[attr-defined]
 
     for features, labels in copies:
-        predicted, _ = cross_calibrated(diagnoser, features, calibrate or plain_quantiles, rng)
+        predicted, _ = cross_calibrated(
+            diagnoser, features, calibrate or plain_quantiles, rng, ordered_halves
+        )
         calibrated.append(macro_f1(labels, predicted))
         plain = diagnoser.diagnose(features)["predicted_label"].to_numpy()  # type: ignore[attr-defined]
         uncalibrated.append(macro_f1(labels, plain))
@@ -267,20 +283,22 @@ def shift_scores(
     return ShiftScores(float(np.mean(calibrated)), float(np.mean(uncalibrated)), len(copies), rows)
 
 
-def shift_score(balanced: float, skewed: float, swapped: float) -> float:
-    """One figure for model selection under shift: the mean of the three calibrated
-    simulations (balanced copies, copies in the held-out rows' own mix, swapped values)."""
-    return float(np.mean([balanced, skewed, swapped]))
+def shift_score(balanced: float, skewed: float, swapped: float, noisy: float) -> float:
+    """One figure for model selection under shift: the mean of the four calibrated
+    simulations (balanced copies, copies in the held-out rows' own mix, swapped values, a
+    clean half and a noisy half calibrating each other)."""
+    return float(np.mean([balanced, skewed, swapped, noisy]))
 
 
 @dataclass(frozen=True)
 class SimulatedScores:
-    """Macro-F1 of one diagnoser on the three simulated deployments of one held-out set."""
+    """Macro-F1 of one diagnoser on the four simulated deployments of one held-out set."""
 
     calibrated: float  # balanced copies, halves calibrating each other
     uncalibrated: float  # the same copies read with the training statistics
     skewed: float  # copies in the held-out rows' own class mix, calibrated
     swapped: float  # balanced copies with values swapped within class, calibrated
+    noisy: float  # balanced copies, a clean and a cell-noisy half calibrating each other
 
 
 def simulate_deployments(
@@ -292,18 +310,24 @@ def simulate_deployments(
     seed: int,
     swap_share: float,
     calibrate: Callable[[pd.DataFrame], DeploymentStats],
+    noise: float = 0.1,
 ) -> SimulatedScores:
-    """Score a diagnoser on the three simulations of held-out ``features`` (the copies are the
+    """Score a diagnoser on the four simulations of held-out ``features`` (the copies are the
     same for every model given the same seed)."""
     columns = tuple(c for c in features.columns if c not in config_like)
 
-    def score(balanced: bool, share: float) -> ShiftScores:
+    def score(balanced: bool, share: float, noisy_half: float = 0.0) -> ShiftScores:
         copies = shifted_copies(
-            features, labels, columns, config_like, shifts, seed, balanced, share
+            features, labels, columns, config_like, shifts, seed, balanced, share, noisy_half
         )
-        return shift_scores(diagnoser, copies, seed, calibrate)
+        return shift_scores(diagnoser, copies, seed, calibrate, ordered_halves=noisy_half > 0)
 
     shifted, skewed, swapped = score(True, 0.0), score(False, 0.0), score(True, swap_share)
+    noisy = score(True, 0.0, noise)
     return SimulatedScores(
-        shifted.calibrated, shifted.uncalibrated, skewed.calibrated, swapped.calibrated
+        shifted.calibrated,
+        shifted.uncalibrated,
+        skewed.calibrated,
+        swapped.calibrated,
+        noisy.calibrated,
     )

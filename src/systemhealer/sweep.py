@@ -34,6 +34,7 @@ DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("mlp-default"),
     Candidate("mlp-no-distillation", {"training.distill_weight": 0.0}),
     Candidate("mlp-no-swap-noise", {"training.swap_share": 0.0}),
+    Candidate("mlp-no-cell-noise", {"training.cell_noise": 0.0}),
     Candidate("mlp-early-stopping", {"training.validation_fraction": 0.15}),
     Candidate("mlp-pseudo-deployments", {"training.pseudo_deployments": True}),
     Candidate("mlp-all-features", {"preprocessing.select_top_k": None}),
@@ -124,17 +125,19 @@ def results_table(results: list[dict[str, Any]]) -> str:
     """A Markdown table of the sweep (for the flow artifact and the closing note)."""
     lines = [
         "| candidate | eval macro-F1 | shift macro-F1 (calibrated) | shift uncalibrated "
-        "| shift, skewed mix | shift, swapped values | shift score | train s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shift, skewed mix | shift, swapped values | shift, clean and noisy halves "
+        "| shift score | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['candidate']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['candidate']} | failed: {r['error']} | | | | | | | |")
             continue
         lines.append(
             f"| {r['candidate']} | {r['eval_macro_f1']:.4f} | {r['shift_macro_f1']:.4f} | "
             f"{r['shift_uncalibrated_macro_f1']:.4f} | {r['shift_skewed_macro_f1']:.4f} | "
-            f"{r['shift_swapped_macro_f1']:.4f} | {r['shift_score']:.4f} | "
+            f"{r['shift_swapped_macro_f1']:.4f} | {r['shift_noisy_macro_f1']:.4f} | "
+            f"{r['shift_score']:.4f} | "
             f"{r['train_seconds']:.0f} |"
         )
     return "\n".join(lines)
