@@ -280,6 +280,19 @@ def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_othe
     assert code == 0, err
     assert "halves calibrating each other" in out and "uncalibrated" in out
 
+    # The file's own first and second half, as a file ordered by how it was gathered splits.
+    code, out, err = run_cli(
+        ["evaluate", str(labelled), "--halves", "ordered", "--json"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    ordered = json.loads(out)
+    assert ordered["method"] == "ordered halves" and ordered["seed"] is None
+    truth = rows["label"].to_numpy()
+    first, second = (assessment.class_mix(part) for part in np.split(truth, 2))
+    assert np.allclose(ordered["window_mixes"], [first, second])
+    code, _, err = run_cli(["evaluate", str(labelled), "--halves", "odd"], capsys, monkeypatch)
+    assert code == 2 and "--halves" in err
+
     # With a calibrated deployment the whole set is scored with its statistics.
     reference = tmp_path / "window.csv"
     apply_shift(training_frame.sample(600, random_state=8), spec).drop(columns=["label"]).to_csv(

@@ -31,8 +31,8 @@ from systemhealer.shift import N_CLASSES, cross_calibrated
 class DeploymentAssessment:
     """Scores of one model on one labelled set, calibrated and not."""
 
-    method: str  # "halves" or "deployment NAME"
-    seed: int | None  # of the split into halves
+    method: str  # "halves" (random), "ordered halves" or "deployment NAME"
+    seed: int | None  # of the random split into halves
     calibrated: EvaluationReport
     uncalibrated: EvaluationReport
     class_mix: list[float]  # the set's actual mix, from its labels
@@ -83,8 +83,10 @@ def assess_with_halves(
     labels: np.ndarray,
     calibrate: Callable[[pd.DataFrame], DeploymentStats],
     seed: int = 0,
+    ordered: bool = False,
 ) -> DeploymentAssessment:
-    """Split the set in random halves; each half, unlabelled, calibrates the other's scoring.
+    """Split the set in random halves (``ordered``: its first and second half, as they are in
+    the file); each half, unlabelled, calibrates the other's scoring.
 
     ``calibrate`` turns a window of unlabelled incidents into deployment statistics as
     ``systemhealer calibrate`` does (``deployments.measure``). Only ``features`` reach it."""
@@ -92,14 +94,14 @@ def assess_with_halves(
         raise DataValidationError("a labelled set needs at least 2 incidents to be split in halves")
     features = features.reset_index(drop=True)
     predicted, windows = cross_calibrated(
-        diagnoser, features, calibrate, np.random.default_rng(seed)
+        diagnoser, features, calibrate, np.random.default_rng(seed), ordered
     )
     plain = _predicted(diagnoser, features, None)
     # Both halves' mixes or none (a half too small to estimate from is read as it is).
     estimated = windows if all(w.stats.reference_mix is not None for w in windows) else []
     return DeploymentAssessment(
-        method="halves",
-        seed=seed,
+        method="ordered halves" if ordered else "halves",
+        seed=None if ordered else seed,
         calibrated=EvaluationReport.score(labels, predicted),
         uncalibrated=EvaluationReport.score(labels, plain),
         class_mix=class_mix(labels),
@@ -185,11 +187,11 @@ def summary_lines(assessment: DeploymentAssessment, class_names: tuple[str, ...]
     def shares(values: list[float]) -> str:
         return ", ".join(f"{n}: {s:.1%}" for n, s in zip(class_names, values, strict=True))
 
-    how = (
-        "halves calibrating each other (labels never used for calibration)"
-        if assessment.method == "halves"
-        else assessment.method
-    )
+    how = {
+        "halves": "random halves calibrating each other (labels never used for calibration)",
+        "ordered halves": "the file's first and second half calibrating each other (labels "
+        "never used for calibration)",
+    }.get(assessment.method, assessment.method)
 
     def class_f1(c: int, name: str) -> str:
         scores = cal.per_class[str(c)]

@@ -396,6 +396,14 @@ def evaluate(
         str | None, typer.Option("--model-uri", help="MLflow model URI (default: the champion).")
     ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random split into halves.")] = 0,
+    halves: Annotated[
+        str,
+        typer.Option(
+            help="How the file is split when its halves calibrate each other: 'random', or "
+            "'ordered' (its first and second half as they are in the file — a file whose later "
+            "incidents differ from its earlier ones scores lower so).",
+        ),
+    ] = "random",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -415,6 +423,8 @@ def evaluate(
     from systemhealer.scoring import atomic_write, check_output
 
     settings = _settings(config)
+    if halves not in ("random", "ordered"):
+        raise typer.BadParameter("use 'random' or 'ordered'", param_hint="--halves")
     if _deployment_name(deployment, "--deployment") not in (None, TRAINING_DEPLOYMENT):
         deployments.load_reference(settings, deployment)  # type: ignore[arg-type]  # exists?
     if output is not None:
@@ -440,6 +450,7 @@ def evaluate(
         result = assessment.assess_with_halves(
             diagnoser, features, labels,
             lambda window: deployments.measure(settings, diagnoser, "halves", window), seed,
+            ordered=halves == "ordered",
         )  # fmt: skip
     else:
         stats = deployments.deployment_stats(settings, diagnoser, deployment)
