@@ -119,15 +119,15 @@ def test_a_noisy_half_simulation_noises_the_second_half_of_each_copy_only() -> N
     labels = np.repeat([0, 1, 2], 100)
     values = np.random.default_rng(2).lognormal(0, 2, size=(len(labels), 4))
     features = pd.DataFrame(values, columns=["a", "b", "c", "d"])
-    ((clean, y_clean),) = shifted_copies(features, labels, ("a", "b"), ("d",), 1, seed=3)
-    ((noisy, y_noisy),) = shifted_copies(
-        features, labels, ("a", "b"), ("d",), 1, seed=3, noisy_half=0.1
-    )
-    assert np.array_equal(y_clean, y_noisy)  # the same incidents, the same shift
-    ratio = (noisy / clean).to_numpy()
-    half = len(ratio) // 2
-    assert (ratio[:half] == 1).all()
-    assert ratio[half:].min() >= 1 and ratio[half:].max() <= 1.1 and ratio[half:].std() > 0.02
+    clean_copies = shifted_copies(features, labels, ("a", "b"), ("d",), 3, seed=3)
+    noisy_copies = shifted_copies(features, labels, ("a", "b"), ("d",), 3, seed=3, noisy_half=0.1)
+    for (clean, y_clean), (noisy, y_noisy) in zip(clean_copies, noisy_copies, strict=True):
+        assert np.array_equal(y_clean, y_noisy)  # the same incidents, the same shift
+        ratio = (noisy / clean).to_numpy()
+        half = len(ratio) // 2
+        assert (ratio[:half] == 1).all()
+        assert ratio[half:].min() >= 1 and ratio[half:].max() <= 1.1
+        assert ratio[half:].std() > 0.02
 
     class Recorder:  # which rows calibrate which
         def diagnose(self, frame: pd.DataFrame, stats: object) -> pd.DataFrame:

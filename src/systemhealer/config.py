@@ -109,7 +109,7 @@ class EvaluationSettings(_Section):
     # factor from U(1, 1 + this); the clean half calibrates the scoring of the noisy half and
     # the reverse, as the two kinds of incidents of the shipped unlabelled deployment would
     # (shift.cell_noise, docs/calibration.md).
-    shift_cell_noise: float = Field(0.1, ge=0, lt=1)
+    shift_cell_noise: float = Field(0.1, gt=0, lt=1)
     # The gate also requires the shift score (mean of the four calibrated simulations) to be
     # at least the champion's.
     gate_on_shift: bool = True

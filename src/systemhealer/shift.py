@@ -96,14 +96,14 @@ def cell_noise(
     per-cell ones; narrow KPIs such as ``feature2`` (values near 1.1) move across most of their
     range. Used as training augmentation (``training.cell_noise``).
     """
+    if direction not in ("both", "up"):
+        raise ValueError(f"direction must be 'both' or 'up', not {direction!r}")
     if share <= 0 or size <= 0:
         return values
     noisy = np.flatnonzero(rng.random(len(values)) < share)
     factors = rng.uniform(1.0, 1.0 + size, size=(len(noisy), values.shape[1]))
     if direction == "both":
         factors[rng.random(len(noisy)) < 0.5] **= -1.0
-    elif direction != "up":
-        raise ValueError(f"direction must be 'both' or 'up', not {direction!r}")
     result = values.copy()
     result[noisy] *= factors
     return result
@@ -201,8 +201,11 @@ def shifted_copies(
 
     With ``noisy_half`` > 0 the second half of each copy's incidents has every value multiplied
     by its own factor from U(1, 1 + ``noisy_half``) (``cell_noise``): score such copies with
-    ``ordered_halves`` so that the clean half calibrates the noisy one and the reverse."""
+    ``ordered_halves`` so that the clean half calibrates the noisy one and the reverse. The
+    noise has its own random stream, so the copies are otherwise those of the same seed
+    without noise (paired comparisons)."""
     rng = np.random.default_rng(seed)
+    noise_rng = np.random.default_rng([seed, 1])
     present = np.bincount(labels, minlength=N_CLASSES) > 0
     mix = present / present.sum()
     copies = []
@@ -217,7 +220,7 @@ def shifted_copies(
         if noisy_half > 0:
             values = copied.to_numpy(float)
             half = len(values) // 2
-            values[half:] = cell_noise(values[half:], 1.0, noisy_half, rng, direction="up")
+            values[half:] = cell_noise(values[half:], 1.0, noisy_half, noise_rng, direction="up")
             copied = pd.DataFrame(values, columns=copied.columns)
         copies.append((copied, labels[rows]))
     return copies
@@ -310,7 +313,7 @@ def simulate_deployments(
     seed: int,
     swap_share: float,
     calibrate: Callable[[pd.DataFrame], DeploymentStats],
-    noise: float = 0.1,
+    noise: float,
 ) -> SimulatedScores:
     """Score a diagnoser on the four simulations of held-out ``features`` (the copies are the
     same for every model given the same seed)."""
