@@ -47,6 +47,11 @@ def drift_flow(
     logger = get_run_logger()
     settings = load_settings(config_file)
     if deployment not in (None, TRAINING_DEPLOYMENT):
+        if path is None:
+            raise SystemHealerError(
+                "a deployment's incidents are checked one file at a time: give the file (the "
+                "drift inbox holds incidents of the training deployment)"
+            )
         load_reference(settings, deployment)  # a known deployment? (raises if not)
     if path is not None:
         files, waiting, keep = [Path(path)], [], True

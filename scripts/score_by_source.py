@@ -6,7 +6,7 @@ them holds the support vectors of a published SVC: incidents near a class bounda
 ones. Many of those incidents are also in another copy; the others are not. Each distinct
 incident (as ``crossval`` groups them) is counted in every copy one of its rows came from, and
 ``--hard PREFIX`` also scores the incidents found *only* in the copy whose name starts with
-PREFIX apart from the rest, and runs the three shift simulations of every fold on the held-out
+PREFIX apart from the rest, and runs the four shift simulations of every fold on the held-out
 incidents without them, beside the same simulations on all held-out incidents. Same folds and
 models as ``systemhealer crossval``; ``--train-without-hard`` trains them without those.
 

@@ -290,8 +290,13 @@ def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_othe
     truth = rows["label"].to_numpy()
     first, second = (assessment.class_mix(part) for part in np.split(truth, 2))
     assert np.allclose(ordered["window_mixes"], [first, second])
-    code, _, err = run_cli(["evaluate", str(labelled), "--halves", "odd"], capsys, monkeypatch)
-    assert code == 2 and "--halves" in err
+    for wrong in (
+        ["--halves", "odd"],
+        ["--halves", "ordered", "--seed", "3"],
+        ["--deployment", "training", "--halves", "ordered"],
+    ):
+        code, _, err = run_cli(["evaluate", str(labelled), *wrong], capsys, monkeypatch)
+        assert code == 2 and ("--halves" in err or "--seed" in err), (wrong, err)
 
     # With a calibrated deployment the whole set is scored with its statistics.
     reference = tmp_path / "window.csv"

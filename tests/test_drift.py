@@ -132,7 +132,10 @@ def test_drift_against_a_calibrated_deployment_s_reference_window(
         # The GX range checks use the window's ranges too: no range warnings on the same kind
         # of incidents, where the training ranges warn.
         assert not any(i["check"] == "drift" for i in against_window.validation["issues"])
-        assert any(i["check"] == "drift" for i in against_training.validation["issues"])
+        assert any(
+            i["check"] == "drift" and "the training range" in i["message"]
+            for i in against_training.validation["issues"]
+        )
 
         # The deployment changed: eight of the model's KPIs in other units.
         moved = list(diagnoser.preprocessor.columns[:8])
@@ -145,7 +148,12 @@ def test_drift_against_a_calibrated_deployment_s_reference_window(
         assert checked["baseline"] == "drift-site"
         assert checked["summary"]["drift_detected"] is True
         assert set(checked["summary"]["drifted_features"]) >= set(moved)
-        assert drift.load_report(settings, checked["report_id"])["baseline"] == "drift-site"
+        kept = drift.load_report(settings, checked["report_id"])
+        assert kept["baseline"] == "drift-site"
+        assert any(
+            "the deployment 'drift-site' window range" in i["message"]
+            for i in kept["validation"]["issues"]
+        )
         runs = tracking.list_runs(settings, tracking.monitoring_experiment(settings))
         logged = next(r for r in runs if r["run_id"] == checked["mlflow_run_id"])
         assert logged["tags"]["baseline"] == "drift-site"
@@ -160,8 +168,14 @@ def test_drift_against_a_calibrated_deployment_s_reference_window(
             ["drift", str(path), "--deployment", "drift-site"], capsys, monkeypatch
         )
         assert code == 0 and "DRIFT against deployment 'drift-site'" in out
+        # A window of a few dozen incidents gives no verdict: any file would drift from it.
+        deployments.register_deployment(settings, "drift-tiny", window.head(40), "tiny.csv")
+        tiny = drift.check_frame(later, "later.csv", settings, diagnoser, "1", "drift-tiny")
+        assert tiny.summary["drift_detected"] is None and "at least 100" in tiny.summary["reason"]
     finally:
         deployments.remove_deployment(settings, "drift-site")
+        if deployments.find_deployment(settings, "drift-tiny"):
+            deployments.remove_deployment(settings, "drift-tiny")
 
 
 @pytest.mark.integration

@@ -395,7 +395,9 @@ def evaluate(
     model_uri: Annotated[
         str | None, typer.Option("--model-uri", help="MLflow model URI (default: the champion).")
     ] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the random split into halves.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option(min=0, help="Seed of the random split into halves [default: 0].")
+    ] = None,
     halves: Annotated[
         str,
         typer.Option(
@@ -425,6 +427,14 @@ def evaluate(
     settings = _settings(config)
     if halves not in ("random", "ordered"):
         raise typer.BadParameter("use 'random' or 'ordered'", param_hint="--halves")
+    if halves == "ordered" and seed is not None:
+        raise typer.BadParameter("ordered halves are not drawn at random", param_hint="--seed")
+    if deployment is not None and (halves == "ordered" or seed is not None):
+        raise typer.BadParameter(
+            "with --deployment the whole file is scored with that deployment's statistics: "
+            "there are no halves",
+            param_hint="--halves/--seed",
+        )
     if _deployment_name(deployment, "--deployment") not in (None, TRAINING_DEPLOYMENT):
         deployments.load_reference(settings, deployment)  # type: ignore[arg-type]  # exists?
     if output is not None:
@@ -449,8 +459,8 @@ def evaluate(
             )
         result = assessment.assess_with_halves(
             diagnoser, features, labels,
-            lambda window: deployments.measure(settings, diagnoser, "halves", window), seed,
-            ordered=halves == "ordered",
+            lambda window: deployments.measure(settings, diagnoser, "halves", window),
+            seed or 0, ordered=halves == "ordered",
         )  # fmt: skip
     else:
         stats = deployments.deployment_stats(settings, diagnoser, deployment)

@@ -241,6 +241,13 @@ def baseline_profile(settings: Settings, diagnoser: Any, deployment: str | None)
     return DataProfile.learn(load_reference(settings, deployment))
 
 
+def baseline_label(deployment: str | None) -> str:
+    """How warnings name what incidents are compared with."""
+    if deployment is None or deployment == TRAINING_DEPLOYMENT:
+        return TRAINING_DEPLOYMENT
+    return f"deployment '{deployment}' window"
+
+
 def check_frame(
     raw: pd.DataFrame,
     source: str,
@@ -251,21 +258,31 @@ def check_frame(
 ) -> DriftReport:
     """Drift of a frame of incidents against ``diagnoser``'s training profile, or against the
     reference window of calibrated deployment ``deployment`` (no side effects)."""
+    from systemhealer.deployments import SMALL_WINDOW
     from systemhealer.validation import validate_frame
 
     checked_at = datetime.now(UTC).isoformat(timespec="seconds")
     profile = baseline_profile(settings, diagnoser, deployment)
+    of_deployment = deployment not in (None, TRAINING_DEPLOYMENT)
     if len(raw) > MAX_ROWS:
         raw = raw.sample(MAX_ROWS, random_state=0)
     # Labels, if any, are not needed to measure drift: check the file as unlabelled incidents.
     unlabelled = raw.drop(columns=label_columns(raw.columns))
-    report, frame = validate_frame(unlabelled, source, settings.data, False, profile)
+    report, frame = validate_frame(
+        unlabelled, source, settings.data, False, profile, baseline_label(deployment)
+    )
     table: list[dict[str, Any]] = []
     reason = None
     if not report.ok:
         reason = f"the file breaks the data contract: {report.summary()}"
     elif profile is None or not profile.distributions:
         reason = "the champion was trained before drift sketches existed; retrain it"
+    elif of_deployment and profile.rows < SMALL_WINDOW:
+        # Deciles and ranges of a few dozen incidents: any file would drift from them.
+        reason = (
+            f"deployment '{deployment}' was calibrated from {profile.rows} incidents; a drift "
+            f"verdict needs a reference window of at least {SMALL_WINDOW}"
+        )
     elif len(frame) < settings.schedule.drift_min_rows:
         reason = (
             f"{len(frame)} incidents; at least {settings.schedule.drift_min_rows} are needed "

@@ -701,7 +701,7 @@ class DiagnosisExecutor:
     def __call__(self, job: Job) -> None:
         from systemhealer.data import label_columns, read_incidents
         from systemhealer.deployments import deployment_stats
-        from systemhealer.drift import baseline_profile
+        from systemhealer.drift import baseline_label, baseline_profile
         from systemhealer.evaluation import scores_against_labels
         from systemhealer.scoring import atomic_write, diagnose_frame
         from systemhealer.validation import require_valid, validate_frame
@@ -729,7 +729,7 @@ class DiagnosisExecutor:
         # training data, or the chosen deployment's reference window (its units, not training's).
         profile = baseline_profile(self.settings, diagnoser, deployment)
         validation, frame = validate_frame(
-            raw, job.source, self.settings.data, require_label=False, profile=profile
+            raw, job.source, self.settings.data, False, profile, baseline_label(deployment)
         )
         write_json(folder / "validation.json", validation.to_dict())
         try:

@@ -265,9 +265,10 @@ def drift_table(
 
 
 def _drift_check(
-    features: pd.DataFrame, profile: DataProfile, settings: DataSettings
+    features: pd.DataFrame, profile: DataProfile, settings: DataSettings, baseline: str
 ) -> tuple[list[ValidationIssue], int]:
-    """GX checks over the per-feature drift table: value ranges and missing fractions."""
+    """GX checks over the per-feature drift table: value ranges and missing fractions against
+    the profile of ``baseline`` (named in the messages)."""
     table = drift_table(features, profile, settings)
     exp = load_great_expectations().expectations
     results = _run_suite(
@@ -290,13 +291,13 @@ def _drift_check(
             if result.expectation_config.type == "expect_column_values_to_be_between":
                 message = (
                     f"'{row.feature}': {100 * row.outside_range_fraction:.1f}% of values outside "
-                    f"the training range [{row.training_low:.3g}, {row.training_high:.3g}]"
+                    f"the {baseline} range [{row.training_low:.3g}, {row.training_high:.3g}]"
                 )
                 check = "drift"
             else:
                 message = (
                     f"'{row.feature}' is missing in {100 * row.missing_fraction:.1f}% of rows "
-                    f"(training: {100 * profile.missing_fraction[row.feature]:.1f}%)"
+                    f"({baseline}: {100 * profile.missing_fraction[row.feature]:.1f}%)"
                 )
                 check = "missing_drift"
             issues.append(ValidationIssue(check, message, False, str(row.feature)))
@@ -350,8 +351,11 @@ def validate_frame(
     settings: DataSettings,
     require_label: bool,
     profile: DataProfile | None = None,
+    baseline: str = "training",
 ) -> tuple[ValidationReport, pd.DataFrame]:
-    """Validate incidents; return the report and the frame with numeric columns coerced."""
+    """Validate incidents; return the report and the frame with numeric columns coerced.
+    With a ``profile``, value ranges and missing fractions are checked against it; ``baseline``
+    names what it was learned from in the warnings ("training", or a deployment's window)."""
     report = ValidationReport(source=source, rows=len(raw), columns=raw.shape[1])
     raw = raw.reset_index(drop=True)
     raw.columns = [str(c).strip() for c in raw.columns]
@@ -418,7 +422,7 @@ def validate_frame(
             )
         )
     if profile is not None and report.ok and len(frame):
-        drift_issues, checks = _drift_check(frame, profile, settings)
+        drift_issues, checks = _drift_check(frame, profile, settings, baseline)
         report.issues.extend(drift_issues)
         report.checks_run += checks
     return report, frame
