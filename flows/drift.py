@@ -14,9 +14,8 @@ from prefect import flow, get_run_logger, task
 
 from systemhealer import drift, tracking
 from systemhealer.config import Settings, load_settings
-from systemhealer.deployments import load_reference
+from systemhealer.deployments import is_calibrated, load_reference
 from systemhealer.errors import SystemHealerError
-from systemhealer.features import TRAINING_DEPLOYMENT
 from systemhealer.inbox import settled_files
 
 
@@ -46,13 +45,10 @@ def drift_flow(
     champion's training profile, or against calibrated deployment ``deployment``'s window."""
     logger = get_run_logger()
     settings = load_settings(config_file)
-    if deployment not in (None, TRAINING_DEPLOYMENT):
+    if is_calibrated(deployment):
         if path is None:
-            raise SystemHealerError(
-                "a deployment's incidents are checked one file at a time: give the file (the "
-                "drift inbox holds incidents of the training deployment)"
-            )
-        load_reference(settings, deployment)  # a known deployment? (raises if not)
+            raise SystemHealerError(drift.DEPLOYMENT_NEEDS_FILE)
+        load_reference(settings, deployment)  # type: ignore[arg-type]  # known? (raises if not)
     if path is not None:
         files, waiting, keep = [Path(path)], [], True
     else:

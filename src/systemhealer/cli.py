@@ -699,21 +699,17 @@ def drift(
     """Check incidents for drift against the champion's training profile (or a deployment's
     reference window); keep the report."""
     from systemhealer import deployments
-    from systemhealer.features import TRAINING_DEPLOYMENT
+    from systemhealer.drift import DEPLOYMENT_NEEDS_FILE
     from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
 
     settings = _settings(config)
     name = _deployment_name(deployment, "--deployment")
-    if name == TRAINING_DEPLOYMENT:
+    if not deployments.is_calibrated(name):
         name = None
     if path is not None and not path.is_file():
         raise SystemHealerError(f"{path}: no such file")
     if name is not None and path is None:
-        raise typer.BadParameter(
-            "a deployment's incidents are checked one file at a time: give the file "
-            "(the drift inbox holds incidents of the training deployment)",
-            param_hint="--deployment",
-        )
+        raise typer.BadParameter(DEPLOYMENT_NEEDS_FILE, param_hint="--deployment")
     if name is not None:
         deployments.load_reference(settings, name)  # exists? (before Prefect starts)
     prepare_prefect(settings)

@@ -30,6 +30,7 @@ from systemhealer.locks import state_lock
 
 if TYPE_CHECKING:  # torch is imported only by commands that score
     from systemhealer.diagnoser import FaultDiagnoser
+    from systemhealer.validation import DataProfile
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def register_deployment(
             finally:
                 Path(tmp).unlink(missing_ok=True)
     _reference_cached.cache_clear()
+    _profile_cached.cache_clear()
     return info
 
 
@@ -115,6 +117,7 @@ def remove_deployment(settings: Settings, name: str) -> DeploymentInfo:
         meta_path.unlink(missing_ok=True)  # first: a deployment without one is not listed
         data_path.unlink(missing_ok=True)
     _reference_cached.cache_clear()
+    _profile_cached.cache_clear()
     # A window without a description is left only by a crash between the two renames.
     return info or DeploymentInfo(name, 0, "(no description)", "")
 
@@ -234,13 +237,37 @@ def _reference_cached(path: str, mtime_ns: int) -> pd.DataFrame:
     return pd.read_parquet(path).reindex(columns=list(KPI_FEATURES))
 
 
+def is_calibrated(name: str | None) -> bool:
+    """Whether ``name`` names a calibrated deployment rather than the training data's."""
+    return name is not None and name != TRAINING_DEPLOYMENT
+
+
+def reference_profile(settings: Settings, name: str) -> DataProfile:
+    """The data profile (value ranges, missing fractions, drift sketches) of deployment
+    ``name``'s reference window: what its new incidents are checked against. Learned once per
+    stored window."""
+    load_reference(settings, name)  # raises DeploymentNotFoundError, naming the known
+    data_path, _ = _paths(settings, name)
+    try:
+        return _profile_cached(str(data_path), data_path.stat().st_mtime_ns)
+    except FileNotFoundError:  # removed meanwhile
+        raise DeploymentNotFoundError(f"deployment '{name}' was just removed") from None
+
+
+@lru_cache(maxsize=16)
+def _profile_cached(path: str, mtime_ns: int) -> DataProfile:
+    from systemhealer.validation import DataProfile
+
+    return DataProfile.learn(_reference_cached(path, mtime_ns))
+
+
 def deployment_stats(
     settings: Settings, diagnoser: FaultDiagnoser, name: str | None
 ) -> DeploymentStats | None:
     """The statistics ``diagnoser`` normalises with for deployment ``name``; None = training."""
-    if name is None or name == TRAINING_DEPLOYMENT:
+    if not is_calibrated(name):
         return None
-    data_path, _ = _paths(settings, name)
+    data_path, _ = _paths(settings, name)  # type: ignore[arg-type]
     key = (name, data_path.stat().st_mtime_ns if data_path.exists() else 0)
     cached = diagnoser.deployment_cache.get(key)
     if cached is None:

@@ -230,22 +230,28 @@ def _summary(
     }
 
 
+# Why ``--deployment`` needs a file (the CLI and the flow refuse alike).
+DEPLOYMENT_NEEDS_FILE = (
+    "a deployment's incidents are checked one file at a time: give the file (the drift inbox "
+    "holds incidents of the training deployment)"
+)
+
+
 def baseline_profile(settings: Settings, diagnoser: Any, deployment: str | None) -> Any:
     """The profile incidents are compared with: the champion's training profile, or the one of
     deployment ``deployment``'s reference window (DeploymentNotFoundError if there is none)."""
-    from systemhealer.deployments import load_reference
-    from systemhealer.validation import DataProfile
+    from systemhealer.deployments import is_calibrated, reference_profile
 
-    if deployment is None or deployment == TRAINING_DEPLOYMENT:
+    if not is_calibrated(deployment):
         return diagnoser.profile
-    return DataProfile.learn(load_reference(settings, deployment))
+    return reference_profile(settings, deployment)  # type: ignore[arg-type]
 
 
 def baseline_label(deployment: str | None) -> str:
     """How warnings name what incidents are compared with."""
-    if deployment is None or deployment == TRAINING_DEPLOYMENT:
-        return TRAINING_DEPLOYMENT
-    return f"deployment '{deployment}' window"
+    from systemhealer.deployments import is_calibrated
+
+    return f"deployment '{deployment}' window" if is_calibrated(deployment) else "training"
 
 
 def check_frame(
@@ -258,12 +264,11 @@ def check_frame(
 ) -> DriftReport:
     """Drift of a frame of incidents against ``diagnoser``'s training profile, or against the
     reference window of calibrated deployment ``deployment`` (no side effects)."""
-    from systemhealer.deployments import SMALL_WINDOW
+    from systemhealer.deployments import SMALL_WINDOW, is_calibrated
     from systemhealer.validation import validate_frame
 
     checked_at = datetime.now(UTC).isoformat(timespec="seconds")
     profile = baseline_profile(settings, diagnoser, deployment)
-    of_deployment = deployment not in (None, TRAINING_DEPLOYMENT)
     if len(raw) > MAX_ROWS:
         raw = raw.sample(MAX_ROWS, random_state=0)
     # Labels, if any, are not needed to measure drift: check the file as unlabelled incidents.
@@ -277,7 +282,7 @@ def check_frame(
         reason = f"the file breaks the data contract: {report.summary()}"
     elif profile is None or not profile.distributions:
         reason = "the champion was trained before drift sketches existed; retrain it"
-    elif of_deployment and profile.rows < SMALL_WINDOW:
+    elif is_calibrated(deployment) and profile.rows < SMALL_WINDOW:
         # Deciles and ranges of a few dozen incidents: any file would drift from them.
         reason = (
             f"deployment '{deployment}' was calibrated from {profile.rows} incidents; a drift "

@@ -71,13 +71,13 @@ class PreparedData:
         values = self.preprocessor.raw_values(self.features(part))
         labels = self.labels[part]
         base = self.preprocessor.encode(values, self.preprocessor.training)
+        augmented = settings.swap_share > 0 or (
+            settings.cell_noise > 0 and settings.cell_noise_share > 0
+        )
 
         def sample(rng: np.random.Generator) -> np.ndarray:
             simulated = (
                 settings.pseudo_deployments and rng.random() >= settings.p_training_reference
-            )
-            augmented = settings.swap_share > 0 or (
-                settings.cell_noise > 0 and settings.cell_noise_share > 0
             )
             if not simulated and not augmented:
                 return base
