@@ -1,9 +1,10 @@
 """How much per-cell noise costs the configured model, with its halves split four ways.
 
-For each fold of ``systemhealer crossval`` (the same folds and models), 3 balanced shifted copies
-of the held-out fold (as in the shift evaluation); then every value of a random half of each
-copy's incidents is multiplied by its own factor from U(1, 1 + ``--noise``), and the copy is
-scored with halves calibrating each other:
+For each fold of ``systemhealer crossval`` (the same folds and models), the balanced shifted copies
+of the held-out fold that the shift evaluation scores; in the noisy ones every value of the
+second half of each copy's incidents is multiplied by its own factor from U(1, 1 + ``--noise``)
+(``shift.shifted_copies(noisy_half=...)``, the same incidents and shifts), and each copy is
+scored with halves calibrating each other (``shift.shift_scores``):
 
 - ``clean``: no noise, random halves;
 - ``random halves``: half of the incidents noisy, halves drawn at random;
@@ -29,33 +30,42 @@ from systemhealer.config import Settings, load_settings
 from systemhealer.crossval import fold_models
 from systemhealer.data import KPI_FEATURES, LABEL, read_incidents
 from systemhealer.diagnoser import FaultDiagnoser
-from systemhealer.evaluation import macro_f1
-from systemhealer.shift import cell_noise, shifted_copies
+from systemhealer.features import DeploymentStats
+from systemhealer.shift import cell_noise, shift_scores, shifted_copies
 from systemhealer.training import distinct_incidents
 
 
-def score(
+def fold_scores(
     settings: Settings,
     diagnoser: FaultDiagnoser,
-    frame: pd.DataFrame,
+    held: pd.DataFrame,
     truth: np.ndarray,
-    halves: list[np.ndarray],
-) -> float:
-    """Macro-F1 with each half calibrating the scoring of the other."""
-    predicted = np.empty(len(truth), dtype=np.int64)
-    for reference, scored in (halves, halves[::-1]):
-        window = frame.iloc[reference].reset_index(drop=True)
-        stats = deployments.measure(settings, diagnoser, "simulated", window)
-        predicted[scored] = diagnoser.diagnose(frame.iloc[scored], stats)["predicted_label"]
-    return macro_f1(truth, predicted)
+    seed: int,
+    noise: float,
+) -> dict[str, float]:
+    """Calibrated macro-F1 of one fold's model on its copies, four ways."""
+    config_like = settings.data.config_like_columns
+    columns = tuple(c for c in held.columns if c not in config_like)
+    shifts = settings.evaluation.shift_copies
+    clean = shifted_copies(held, truth, columns, config_like, shifts, seed)
+    half_noisy = shifted_copies(held, truth, columns, config_like, shifts, seed, noisy_half=noise)
+    rng = np.random.default_rng([seed, 2])
+    all_noisy = [
+        (pd.DataFrame(cell_noise(f.to_numpy(float), 1.0, noise, rng, "up"), columns=f.columns), y)
+        for f, y in clean
+    ]
 
+    def calibrate(window: pd.DataFrame) -> DeploymentStats:
+        return deployments.measure(settings, diagnoser, "simulated", window)
 
-def with_noise(
-    frame: pd.DataFrame, rows: np.ndarray, size: float, rng: np.random.Generator
-) -> pd.DataFrame:
-    values = frame.to_numpy(float)
-    values[rows] = cell_noise(values[rows], 1.0, size, rng, direction="up")
-    return pd.DataFrame(values, columns=frame.columns)
+    return {
+        "clean": shift_scores(diagnoser, clean, seed, calibrate).calibrated,
+        "random halves": shift_scores(diagnoser, half_noisy, seed, calibrate).calibrated,
+        "clean <-> noisy": shift_scores(
+            diagnoser, half_noisy, seed, calibrate, ordered_halves=True
+        ).calibrated,
+        "all noisy": shift_scores(diagnoser, all_noisy, seed, calibrate).calibrated,
+    }
 
 
 def main() -> None:
@@ -68,33 +78,14 @@ def main() -> None:
     unique, groups = distinct_incidents(read_incidents(args.training), settings)
     labels = unique[LABEL].to_numpy().astype(np.int64)
     features = unique[list(KPI_FEATURES)]
-    config_like = settings.data.config_like_columns
     scores: dict[str, list[float]] = {}
-
     for fold, (held_out, diagnoser) in enumerate(fold_models(unique, groups, settings, args.folds)):
-        rng = np.random.default_rng(100 + fold)
-        held = features.iloc[held_out]
-        columns = tuple(c for c in held.columns if c not in config_like)
-
-        copies = shifted_copies(
-            held, labels[held_out], columns, config_like, 3, settings.training.seed + fold
+        seed = settings.training.seed + fold
+        found = fold_scores(
+            settings, diagnoser, features.iloc[held_out], labels[held_out], seed, args.noise
         )
-        for frame, truth in copies:
-            n = len(truth)
-            order = rng.permutation(n)
-            clean_half, noisy_half = order[: n // 2], order[n // 2 :]
-            half_noisy = with_noise(frame, noisy_half, args.noise, rng)
-            random_halves = np.array_split(rng.permutation(n), 2)
-            all_noisy = with_noise(frame, np.arange(n), args.noise, rng)
-            halves = [clean_half, noisy_half]
-            results = {
-                "clean": score(settings, diagnoser, frame, truth, halves),
-                "random halves": score(settings, diagnoser, half_noisy, truth, random_halves),
-                "clean <-> noisy": score(settings, diagnoser, half_noisy, truth, halves),
-                "all noisy": score(settings, diagnoser, all_noisy, truth, halves),
-            }
-            for name, value in results.items():
-                scores.setdefault(name, []).append(value)
+        for name, value in found.items():
+            scores.setdefault(name, []).append(value)
         print(f"fold {fold}: " + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in scores.items()))
 
     print("| halves | macro-F1 |\n|---|---:|")
