@@ -413,6 +413,27 @@ def test_models_promote_and_roll_back(web: Watched, server: WebServer) -> None:
     web.shot("models")
 
 
+def test_models_mark_shift_scores_of_fewer_simulations(web: Watched, server: WebServer) -> None:
+    """A version trained before the fourth simulation existed logged a mean of three; the
+    table marks its figure instead of passing it off as a mean of four."""
+    listing = _api(server, "/models")
+    old = listing["versions"][-1]["version"]
+    for version in listing["versions"]:
+        if version["version"] == old:
+            del version["metrics"]["shift_noisy_macro_f1"]
+    web.page.route(
+        "**/ui/api/models",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(listing)
+        ),
+    )
+    web.goto("/ui/models")
+    marked = web.page.locator(f"[data-testid=shift-score-of-{old}]")
+    marked.wait_for()
+    assert "mean of the 3 simulations" in marked.get_attribute("title")
+    assert web.page.locator("[data-testid^=shift-score-of-]").count() == 1
+
+
 def test_overview_and_chinese_text(web: Watched, server: WebServer) -> None:
     page = web.page
     web.goto("/")

@@ -68,7 +68,7 @@ window.I18N = {
     "report.embedding": "Embedding of held-out incidents (penultimate layer, PCA)", "report.per_class": "Per-class scores (held-out rows)",
     "report.class": "Fault class",
 
-    "metric.eval_macro_f1": "macro-F1", "metric.eval_accuracy": "accuracy", "metric.shift_macro_f1": "shifted macro-F1", "metric.shift_score": "shift score (mean of 4 simulations; gated)",
+    "metric.eval_macro_f1": "macro-F1", "metric.eval_accuracy": "accuracy", "metric.shift_macro_f1": "shifted macro-F1", "metric.shift_score": "shift score (mean of 4 simulations; gated)", "models.shift_score_of": "mean of the {n} simulations this version was scored on when trained (the gate re-scores the champion on all 4)",
     "metric.macro_f1": "macro-F1", "metric.precision": "precision", "metric.recall": "recall", "metric.f1": "F1", "metric.support": "support",
 
     "chart.fault_class": "fault class", "chart.incidents": "incidents", "chart.epoch": "epoch", "chart.loss": "loss",
@@ -203,7 +203,7 @@ window.I18N = {
     "report.embedding": "留出样本的嵌入（倒数第二层，PCA）", "report.per_class": "各类别得分（留出数据）",
     "report.class": "故障类别",
 
-    "metric.eval_macro_f1": "macro-F1", "metric.eval_accuracy": "准确率", "metric.shift_macro_f1": "偏移下 macro-F1", "metric.shift_score": "偏移综合分（门控：4 种模拟的均值）",
+    "metric.eval_macro_f1": "macro-F1", "metric.eval_accuracy": "准确率", "metric.shift_macro_f1": "偏移下 macro-F1", "metric.shift_score": "偏移综合分（门控：4 种模拟的均值）", "models.shift_score_of": "该版本训练时只在 {n} 种模拟上评分，此为其均值（门控会在全部 4 种上重新评估冠军）",
     "metric.macro_f1": "macro-F1", "metric.precision": "精确率", "metric.recall": "召回率", "metric.f1": "F1", "metric.support": "样本数",
 
     "chart.fault_class": "故障类别", "chart.incidents": "故障数", "chart.epoch": "轮次", "chart.loss": "损失",

@@ -57,6 +57,16 @@
     SH.renderRunReport(document.getElementById("detail-body"), detail.report, { reportUrl: `/ui/api/models/${detail.version}/report?download=true` });
   }
 
+  // The simulations a version's shift score averages: versions trained before a simulation
+  // existed were scored on fewer, so their figure is marked with its count.
+  const SIMULATIONS = ["shift_macro_f1", "shift_skewed_macro_f1", "shift_swapped_macro_f1", "shift_noisy_macro_f1"];
+  function shiftScoreCell(v) {
+    if (v.shiftScore === undefined) return SH.num(v.shiftScore);
+    const n = SIMULATIONS.filter((m) => v.metrics[m] !== undefined).length;
+    if (n === SIMULATIONS.length) return SH.num(v.shiftScore);
+    return h("span", { title: SH.t("models.shift_score_of", { n }), "data-testid": `shift-score-of-${v.version}` }, SH.num(v.shiftScore), h("sup", ` ${n}`));
+  }
+
   function render() {
     const container = document.getElementById("versions");
     const links = document.getElementById("model-links");
@@ -77,7 +87,7 @@
       { key: "created_ms", label: "models.created", render: (v) => h("span", { title: SH.when(new Date(v.created_ms).toISOString()) }, SH.day(v.created_ms)) },
       { key: "f1", label: "metric.eval_macro_f1", num: true, render: (v) => SH.num(v.f1) },
       ...(hasShift ? [{ key: "shift", label: "metric.shift_macro_f1", num: true, render: (v) => SH.num(v.shift) }] : []),
-      ...(hasShiftScore ? [{ key: "shiftScore", label: "metric.shift_score", num: true, render: (v) => SH.num(v.shiftScore) }] : []),
+      ...(hasShiftScore ? [{ key: "shiftScore", label: "metric.shift_score", num: true, render: (v) => shiftScoreCell(v) }] : []),
       { key: "acc", label: "metric.eval_accuracy", num: true, render: (v) => SH.num(v.acc) },
       { key: "gate", label: "models.gate", sortable: false, render: (v) => { const g = (v.tags || {}).gate; return g ? h("span", { title: (v.tags || {}).gate_reason || "" }, SH.badge(g, SH.t(`gate.${g}`))) : "—"; } },
       { key: "rows", label: "models.rows", num: true, render: (v) => SH.int(v.rows) },
