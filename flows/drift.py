@@ -34,7 +34,7 @@ def check_one(
     drift.save_report(report, settings)
     if not keep_file:
         drift.move_checked(Path(path), settings)
-    return report.to_dict() | {"headline": report.headline()}
+    return report.to_dict() | {"headline": report.headline(), "input_refused": report.input_refused}
 
 
 @flow(name="drift", log_prints=True)
@@ -70,6 +70,9 @@ def drift_flow(
             str(file), settings, diagnoser, version.version if version else None, keep, deployment
         )
         logger.info(report["headline"])
-        keys = ("source", "report_id", "mlflow_run_id", "baseline", "summary", "headline")
+        keys = (
+            "source", "report_id", "mlflow_run_id", "baseline", "summary", "headline",
+            "input_refused",
+        )  # fmt: skip
         checked.append({k: report[k] for k in keys})
     return {"checked": checked, "waiting": [p.name for p in waiting]}

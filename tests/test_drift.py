@@ -69,6 +69,8 @@ def test_drift_of_the_training_data_and_of_another_deployment(
     assert other.validation["ok"] is True
     assert any(i["check"] == "drift" for i in other.validation["issues"])
     assert {f["feature"] for f in other.features} == set(KPI_FEATURES)
+    # The headline's "most shifted" are among the features the verdict counts.
+    assert other.top_features() and all(f["used_by_model"] for f in other.top_features())
 
     broken = unlabelled_frame.head(50).drop(columns=["feature3"])
     report = drift.check_frame(broken, "broken.csv", settings, diagnoser, "1")
@@ -128,6 +130,14 @@ def test_drift_against_a_calibrated_deployment_s_reference_window(
         assert against_training.summary["drift_detected"] is True
         assert against_window.summary["drift_detected"] is False, against_window.headline()
         assert against_window.baseline == "drift-site"
+        # Samples of the window itself do not drift from it (PSI's sampling noise at the
+        # smallest size given a verdict stays under the mark); smaller ones get no verdict.
+        for seed in range(5):
+            sample = window.sample(settings.schedule.drift_min_rows, random_state=seed)
+            report = drift.check_frame(sample, "s.csv", settings, diagnoser, "1", "drift-site")
+            assert report.summary["drift_detected"] is False, report.headline()
+        few = drift.check_frame(window.head(50), "s.csv", settings, diagnoser, "1", "drift-site")
+        assert few.summary["drift_detected"] is None and "drift_min_rows" in few.summary["reason"]
         assert "deployment 'drift-site'" in against_window.headline()
         # The GX range checks use the window's ranges too: no range warnings on the same kind
         # of incidents, where the training ranges warn.
@@ -168,6 +178,16 @@ def test_drift_against_a_calibrated_deployment_s_reference_window(
             ["drift", str(path), "--deployment", "drift-site"], capsys, monkeypatch
         )
         assert code == 0 and "DRIFT against deployment 'drift-site'" in out
+        # A file that breaks the data contract is bad input (exit 1, even without
+        # --fail-on-drift); its report does not replace the last verdict.
+        last = drift.load_report(settings)["report_id"]
+        broken = tmp_path / "broken.csv"
+        later.drop(columns=["feature3"]).to_csv(broken, index=False)
+        code, _, err = run_cli(
+            ["drift", str(broken), "--deployment", "drift-site"], capsys, monkeypatch
+        )
+        assert code == 1 and "breaks the data contract" in err and "feature3" in err
+        assert drift.load_report(settings)["report_id"] == last
         # A window of a few dozen incidents gives no verdict: any file would drift from it.
         deployments.register_deployment(settings, "drift-tiny", window.head(40), "tiny.csv")
         tiny = drift.check_frame(later, "later.csv", settings, diagnoser, "1", "drift-tiny")

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import typer
 
 from systemhealer.config import Settings, load_settings
-from systemhealer.errors import SystemHealerError
+from systemhealer.errors import DataValidationError, SystemHealerError
 
 app = typer.Typer(
     name="systemhealer",
@@ -726,6 +726,10 @@ def drift(
             typer.echo(f"{checked['headline']}\nreport: {checked['report_id']}")
         if not outcome["checked"]:
             typer.echo(f"nothing checked ({outcome.get('reason', 'the drift inbox is empty')})")
+    refused = [c for c in outcome["checked"] if c["input_refused"]]
+    if path is not None and refused:
+        # A file that cannot be read or breaks the data contract is bad input, not "no drift".
+        raise DataValidationError(f"{path}: {refused[0]['summary']['reason']}")
     drifted = any(c["summary"].get("drift_detected") for c in outcome["checked"])
     raise typer.Exit(1 if fail_on_drift and drifted else 0)
 

@@ -14,7 +14,7 @@ Two views of the same file:
 A feature drifted when its PSI exceeds ``schedule.drift_psi_threshold`` (0.25 is the usual
 "major shift" mark); the file drifted when at least ``schedule.drift_feature_share`` of the
 features the model uses did. Reports are kept as JSON under ``<home>/drift/`` (newest also as
-``latest.json``, for the web page) and logged to MLflow in the monitoring experiment.
+``latest.json`` when it has a verdict) and logged to MLflow in the monitoring experiment.
 
 Incidents of another deployment differ from the training data by design (other units, sizes,
 class mix; ``docs/calibration.md``), so against the training profile they always drift. Checked
@@ -169,8 +169,14 @@ class DriftReport:
         )
 
     def top_features(self, n: int = 5) -> list[dict[str, Any]]:
-        scored = [f for f in self.features if f.get("psi") is not None]
+        """The most shifted of the features the verdict counts (those the model uses)."""
+        scored = [f for f in self.features if f.get("psi") is not None and f["used_by_model"]]
         return sorted(scored, key=lambda f: f["psi"], reverse=True)[:n]
+
+    @property
+    def input_refused(self) -> bool:
+        """The file could not be read or breaks the data contract (not a drift question)."""
+        return not self.validation.get("ok", False)
 
 
 def feature_distances(
@@ -358,7 +364,8 @@ def _write_json_atomic(target: Path, payload: dict[str, Any]) -> None:
 
 
 def save_report(report: DriftReport, settings: Settings) -> Path:
-    """Keep the report as JSON (and as ``latest.json``); prune the oldest beyond the limit."""
+    """Keep the report as JSON (and, if it has a verdict, as ``latest.json``: a file that gave
+    none does not hide the last verdict); prune the oldest beyond the limit."""
     folder = settings.drift_reports_dir
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report_id = f"{stamp}-{_safe_stem(report.source)}"
@@ -369,7 +376,8 @@ def save_report(report: DriftReport, settings: Settings) -> Path:
     report.report_id = report_id
     target = folder / f"{report_id}.json"
     _write_json_atomic(target, report.to_dict())
-    _write_json_atomic(folder / LATEST, report.to_dict())
+    if report.drift_detected is not None:
+        _write_json_atomic(folder / LATEST, report.to_dict())
     kept = sorted(p for p in folder.glob("*.json") if p.name != LATEST)
     for old in kept[: max(0, len(kept) - settings.schedule.keep_drift_reports)]:
         old.unlink(missing_ok=True)
@@ -428,7 +436,7 @@ def list_reports(settings: Settings, limit: int = 50) -> list[dict[str, Any]]:
 
 
 def load_report(settings: Settings, report_id: str = "latest") -> dict[str, Any]:
-    """One kept report by id (as listed), or the newest with ``latest``.
+    """One kept report by id (as listed), or with ``latest`` the newest that has a verdict.
 
     The id is checked against the pattern of ids this module writes, so an id taken from a
     request can never name a file outside the reports folder.
