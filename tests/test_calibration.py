@@ -207,6 +207,24 @@ def test_calibrate_refuses_windows_the_model_cannot_read_and_warns_about_weak_on
     assert code == 0, err
     assert "warning: 30 incidents have no value in any of the KPIs the model reads" in out
 
+    # A window calibrated before this champion (with no champion, or one reading other KPIs)
+    # is checked again for the model in service: without its KPIs it is refused, not read as
+    # "every KPI missing" into silent diagnoses.
+    deployments.register_deployment(
+        settings, "older", window.assign(**dict.fromkeys(model_columns, np.nan)), "older.csv"
+    )
+    try:
+        code, _, err = run_cli(
+            ["predict", str(tmp_path / "gaps.csv"), "-o", str(tmp_path / "older-out.csv"),
+             "--deployment", "older"],
+            capsys, monkeypatch,
+        )  # fmt: skip
+        assert code == 1 and "deployment 'older' cannot calibrate the model in service" in err
+        assert "systemhealer calibrate older FILE" in err
+        assert not (tmp_path / "older-out.csv").exists()
+    finally:
+        deployments.remove_deployment(settings, "older")
+
 
 def test_evaluate_refuses_outputs_it_must_not_write(
     trained_state, tmp_path: Path, training_frame: pd.DataFrame, capsys, monkeypatch
@@ -340,7 +358,25 @@ def test_evaluate_scores_a_labelled_deployment_with_halves_calibrating_each_othe
     small = tmp_path / "small.csv"
     apply_shift(rows.iloc[:120], spec).to_csv(small, index=False)
     code, out, err = run_cli(["evaluate", str(small)], capsys, monkeypatch)
-    assert code == 0 and "small reference windows" in err and "120 labelled incidents" in out
+    assert code == 0 and "120 labelled incidents" in out
+    assert "a half of the file: 60 incidents are a small reference window" in err
+    # Each half is checked as `calibrate` checks a window: one without the model's KPIs is
+    # refused, not scored as if it had told the model something.
+    blind = rows.copy()
+    model_columns = list(tracking.load_diagnoser(load_settings())[0].preprocessor.columns)
+    blind.loc[blind.index < len(blind) // 2, model_columns] = np.nan
+    blind_path = tmp_path / "blind.csv"
+    blind.to_csv(blind_path, index=False)
+    code, _, err = run_cli(
+        ["evaluate", str(blind_path), "--halves", "ordered"], capsys, monkeypatch
+    )
+    assert code == 1 and "a half cannot calibrate the other" in err and "same KPIs" in err
+    # --halves is about halves: with --deployment, even its default value is a usage error.
+    code, _, err = run_cli(
+        ["evaluate", str(labelled), "--deployment", "site-e", "--halves", "random"],
+        capsys, monkeypatch,
+    )  # fmt: skip
+    assert code == 2 and "no halves" in err
 
 
 def test_halves_never_show_calibration_a_label_or_the_rows_scored(

@@ -7,12 +7,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from systemhealer.config import Settings, load_settings
 from systemhealer.errors import DataValidationError, SystemHealerError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from systemhealer.features import DeploymentStats
 
 app = typer.Typer(
     name="systemhealer",
@@ -396,16 +401,17 @@ def evaluate(
         str | None, typer.Option("--model-uri", help="MLflow model URI (default: the champion).")
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(min=0, help="Seed of the random split into halves [default: 0].")
+        int | None,
+        typer.Option(min=0, help="Seed of the random split into halves \\[default: 0]."),
     ] = None,
     halves: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="How the file is split when its halves calibrate each other: 'random', or "
-            "'ordered' (its first and second half as they are in the file — a file whose later "
-            "incidents differ from its earlier ones scores lower so).",
+            help="How the file is split when its halves calibrate each other: 'random' "
+            "(default), or 'ordered' (its first and second half as they are in the file — a "
+            "file whose later incidents differ from its earlier ones scores lower so).",
         ),
-    ] = "random",
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -425,11 +431,11 @@ def evaluate(
     from systemhealer.scoring import atomic_write, check_output
 
     settings = _settings(config)
-    if halves not in ("random", "ordered"):
+    if halves not in (None, "random", "ordered"):
         raise typer.BadParameter("use 'random' or 'ordered'", param_hint="--halves")
     if halves == "ordered" and seed is not None:
         raise typer.BadParameter("ordered halves are not drawn at random", param_hint="--seed")
-    if deployment is not None and (halves == "ordered" or seed is not None):
+    if deployment is not None and (halves is not None or seed is not None):
         raise typer.BadParameter(
             "with --deployment the whole file is scored with that deployment's statistics: "
             "there are no halves",
@@ -447,21 +453,28 @@ def evaluate(
     )
     report, frame = validation.validate_file(path, contract, require_label=True)
     validation.require_valid(report)
+    _echo_warnings([issue.message for issue in report.warnings])
     diagnoser, version = tracking.load_diagnoser(settings, model_uri)
     features = frame[list(KPI_FEATURES)].reset_index(drop=True)
     labels = frame[LABEL].to_numpy(dtype="int64")
     if deployment is None:
-        if len(labels) // 2 < deployments.SMALL_WINDOW:
-            typer.echo(
-                f"warning: halves of {len(labels) // 2} incidents are small reference windows "
-                f"(calibration wants a few hundred); expect lower calibrated scores",
-                err=True,
-            )
+        window_warnings: list[str] = []
+
+        def calibrate_half(window: pd.DataFrame) -> DeploymentStats:
+            # Each half is checked as `calibrate` checks a window, for the model scored.
+            try:
+                found = deployments.reference_warnings(settings, diagnoser, window)
+            except DataValidationError as exc:
+                raise DataValidationError(
+                    f"{path}: a half cannot calibrate the other: {exc}"
+                ) from exc
+            window_warnings.extend(w for w in found if w not in window_warnings)
+            return deployments.measure(settings, diagnoser, "halves", window)
+
         result = assessment.assess_with_halves(
-            diagnoser, features, labels,
-            lambda window: deployments.measure(settings, diagnoser, "halves", window),
-            seed or 0, ordered=halves == "ordered",
-        )  # fmt: skip
+            diagnoser, features, labels, calibrate_half, seed or 0, ordered=halves == "ordered"
+        )
+        _echo_warnings([f"as a reference window, a half of the file: {w}" for w in window_warnings])
     else:
         stats = deployments.deployment_stats(settings, diagnoser, deployment)
         result = assessment.assess_with_deployment(diagnoser, features, labels, deployment, stats)

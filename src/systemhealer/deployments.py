@@ -264,7 +264,11 @@ def _profile_cached(path: str, mtime_ns: int) -> DataProfile:
 def deployment_stats(
     settings: Settings, diagnoser: FaultDiagnoser, name: str | None
 ) -> DeploymentStats | None:
-    """The statistics ``diagnoser`` normalises with for deployment ``name``; None = training."""
+    """The statistics ``diagnoser`` normalises with for deployment ``name``; None = training.
+
+    The window was checked against the model in service when it was calibrated; a later
+    champion may read other KPIs, so it is checked again for each model (DataValidationError
+    if it cannot calibrate this one: diagnoses would rest on no evidence)."""
     if not is_calibrated(name):
         return None
     data_path, _ = _paths(settings, name)  # type: ignore[arg-type]
@@ -272,6 +276,14 @@ def deployment_stats(
     cached = diagnoser.deployment_cache.get(key)
     if cached is None:
         reference = load_reference(settings, name)
+        try:
+            reference_warnings(settings, diagnoser, reference)
+        except DataValidationError as exc:
+            raise DataValidationError(
+                f"deployment '{name}' cannot calibrate the model in service: {exc}. Calibrate "
+                f"it again (systemhealer calibrate {name} FILE) with incidents that have the "
+                "KPIs this model reads"
+            ) from exc
         cached = measure(settings, diagnoser, name, reference)
         diagnoser.deployment_cache[key] = cached
     return cached

@@ -78,7 +78,9 @@ class ValidationReport:
             return f"{self.source}: valid ({self.rows} rows, {len(self.warnings)} warnings)"
         first = self.errors[0]
         more = len(self.errors) - 1
-        return f"{self.source}: {first.message}" + (f" (and {more} more problems)" if more else "")
+        return f"{self.source}: {first.message}" + (
+            f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        )
 
     def to_text(self, max_warnings: int = 15) -> str:
         """A readable report: errors first, then drift warnings."""
