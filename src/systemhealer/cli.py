@@ -74,7 +74,7 @@ def _echo_warnings(messages: Sequence[str]) -> None:
 
 @app.command()
 def validate(
-    path: Annotated[Path, typer.Argument(help="CSV or Parquet file of incidents.")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="CSV or Parquet file of incidents.")],
     training: Annotated[
         bool | None,
         typer.Option(
@@ -118,7 +118,9 @@ def _champion_profile(settings: Settings):  # type: ignore[no-untyped-def]
 
 @app.command()
 def train(
-    path: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file of incidents.")],
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="Labelled CSV or Parquet file of incidents.")
+    ],
     config: ConfigOption = None,
     progress: ProgressOption = None,
     nproc: Annotated[
@@ -163,7 +165,7 @@ def train(
 
 @app.command()
 def predict(
-    path: Annotated[Path, typer.Argument(help="CSV or Parquet file of incidents.")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="CSV or Parquet file of incidents.")],
     output: Annotated[
         Path,
         typer.Option(
@@ -268,7 +270,9 @@ def predict(
 
 @app.command()
 def crossval(
-    path: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file of incidents.")],
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="Labelled CSV or Parquet file of incidents.")
+    ],
     folds: Annotated[int, typer.Option(min=2, max=20, help="Number of folds.")] = 5,
     config: ConfigOption = None,
 ) -> None:
@@ -294,7 +298,9 @@ def crossval(
 
 @app.command()
 def sweep(
-    path: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file of incidents.")],
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="Labelled CSV or Parquet file of incidents.")
+    ],
     candidates: Annotated[
         str | None, typer.Option(help="Comma-separated candidate names (default: all).")
     ] = None,
@@ -319,10 +325,15 @@ def sweep(
 
 @app.command()
 def calibrate(
-    name: Annotated[str, typer.Argument(help="Deployment name (letters, digits, _ . -).")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Deployment name (letters, digits, _ . -).")
+    ],
     path: Annotated[
         Path,
-        typer.Argument(help="Unlabelled incidents of that deployment (a label column is ignored)."),
+        typer.Argument(
+            metavar="PATH",
+            help="Unlabelled incidents of that deployment (a label column is ignored).",
+        ),
     ],
     config: ConfigOption = None,
 ) -> None:
@@ -387,7 +398,10 @@ def calibrate(
 @app.command()
 def evaluate(
     path: Annotated[
-        Path, typer.Argument(help="Labelled incidents of one deployment (CSV or Parquet).")
+        Path,
+        typer.Argument(
+            metavar="PATH", help="Labelled incidents of one deployment (CSV or Parquet)."
+        ),
     ],
     deployment: Annotated[
         str | None,
@@ -529,7 +543,9 @@ def list_deployments_command(
 
 @app.command()
 def promote(
-    version: Annotated[str, typer.Argument(help="Registered model version to make champion.")],
+    version: Annotated[
+        str, typer.Argument(metavar="VERSION", help="Registered model version to make champion.")
+    ],
     config: ConfigOption = None,
 ) -> None:
     """Move the champion alias to VERSION by hand."""
@@ -692,7 +708,8 @@ def retrain(
 @app.command()
 def drift(
     path: Annotated[
-        Path | None, typer.Argument(help="File of incidents (default: the drift inbox).")
+        Path | None,
+        typer.Argument(metavar="PATH", help="File of incidents (default: the drift inbox)."),
     ] = None,
     fail_on_drift: Annotated[
         bool, typer.Option("--fail-on-drift", help="Exit with code 1 if drift is found.")
