@@ -55,3 +55,10 @@ def test_worse_model_does_not_take_the_alias(
         tracking.rollback_champion(settings)
     with pytest.raises(ModelNotFoundError, match="no version 42"):
         tracking.set_champion(settings, "42")
+    # Another spelling of the champion's own version is the same version: the history stays
+    # rollback-able (it once recorded "01", which never equals "1").
+    spelled = "0" + first["model_version"]
+    assert tracking.set_champion(settings, spelled) == first["model_version"]
+    assert tracking.champion_history(settings)[-1] == first["model_version"]
+    with pytest.raises(ModelNotFoundError, match="nothing to roll back"):
+        tracking.rollback_champion(settings)

@@ -287,6 +287,11 @@ def test_models_list_archive_and_report(client: TestClient, trained_state: Any) 
     assert report["history"] and "val_macro_f1" in report["history"][0]
     assert client.get("/ui/api/models/999/report").status_code == 404
     assert client.post("/ui/api/models/999/promote").status_code == 404
+    # Another spelling of a version names the same version, as the registry spells it.
+    champion = client.get("/ui/api/models").json()["champion_version"]
+    promoted = client.post(f"/ui/api/models/0{champion}/promote")
+    assert promoted.status_code == 200 and promoted.json() == {"champion": champion}
+    assert tracking.champion_history(load_settings())[-1] == champion
 
 
 def test_mutating_calls_need_the_token_when_one_is_set(trained_state: Any) -> None:

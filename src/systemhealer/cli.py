@@ -552,7 +552,7 @@ def promote(
     from systemhealer import tracking
 
     settings = _settings(config)
-    tracking.set_champion(settings, version)
+    version = tracking.set_champion(settings, version)
     typer.echo(f"version {version} is now {settings.model_uri}")
 
 

@@ -253,18 +253,23 @@ def champion_history(settings: Settings) -> list[str]:
         model = client.get_registered_model(settings.registry.model_name)
     except MlflowException:
         return []
-    return json.loads(model.tags.get(_CHAMPION_HISTORY, "[]"))
+    # As the registry spells versions ("1", never "01": an older release recorded requests'
+    # spelling, and "01" never equals "1" when rolling back).
+    history = json.loads(model.tags.get(_CHAMPION_HISTORY, "[]"))
+    return [str(int(v)) if str(v).isdigit() else str(v) for v in history]
 
 
-def set_champion(settings: Settings, version: str, record: bool = True) -> None:
-    """Give ``version`` the champion alias; remember the move so it can be rolled back."""
+def set_champion(settings: Settings, version: str, record: bool = True) -> str:
+    """Give ``version`` the champion alias; remember the move so it can be rolled back.
+    Returns the version as the registry spells it."""
     client = configure(settings)
     name = settings.registry.model_name
-    get_version(settings, version)
-    client.set_registered_model_alias(name, settings.registry.champion_alias, str(version))
+    version = get_version(settings, version).version  # the registry's spelling: "01" → "1"
+    client.set_registered_model_alias(name, settings.registry.champion_alias, version)
     if record:
-        history = [*champion_history(settings), str(version)][-50:]
+        history = [*champion_history(settings), version][-50:]
         client.set_registered_model_tag(name, _CHAMPION_HISTORY, json.dumps(history))
+    return version
 
 
 def rollback_champion(settings: Settings) -> tuple[str, str]:

@@ -562,7 +562,7 @@ def create_app(
     def checked_version(version: str) -> str:
         if not version.isdigit() or len(version) > 9:
             raise ModelNotFoundError(f"no model version {version!r}")
-        return version
+        return str(int(version))  # as the registry spells it: "01" → "1"
 
     @app.get(f"{API}/models/{{version}}/report")
     def model_report(version: str, download: bool = False) -> JSONResponse:
@@ -595,8 +595,7 @@ def create_app(
 
     @app.post(f"{API}/models/{{version}}/promote", dependencies=[require_token])
     def promote(version: str) -> dict[str, Any]:
-        tracking.set_champion(settings, checked_version(version))
-        return {"champion": version}
+        return {"champion": tracking.set_champion(settings, checked_version(version))}
 
     @app.post(f"{API}/models/rollback", dependencies=[require_token])
     def rollback() -> JSONResponse:
