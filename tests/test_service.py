@@ -329,7 +329,7 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         400,
         "sample_id",
     ),
-    "huge integer id, BentoML route": (
+    "huge integer id beside an unknown field": (
         "/predict",
         {
             "content": b'{"incident": {"feature0": 1.0, "sample_id": 123456789012345678901234}, '
@@ -337,7 +337,7 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
             "headers": JSON,
         },
         400,
-        "sample_id",
+        "unknown field(s) 'extra'",
     ),
     "huge integer id, fast route": (
         "/predict",
@@ -393,6 +393,31 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         400,
         "deployment name",
     ),
+    "unknown top-level field": (
+        "/predict",
+        {"json": {"incident": {"feature0": 1.0}, "deploymnet": "site"}},
+        400,
+        "unknown field(s) 'deploymnet'",
+    ),
+    "unknown top-level field in a batch": (
+        "/predict_batch",
+        {"json": {"incidents": [{"feature0": 1.0}], "deployments": "site"}},
+        400,
+        "'deployments'",
+    ),
+    "NaN literal": (
+        "/predict",
+        {"content": b'{"incident": {"feature0": NaN, "feature1": 1}}', "headers": JSON},
+        400,
+        "NaN is not JSON",
+    ),
+    "batch row not an object": (
+        "/predict_batch",
+        {"json": {"incidents": [{"feature0": 1.0}, None]}},
+        400,
+        "incidents[1]: must be an object",
+    ),
+    "deeply nested body": ("/predict", {"content": b"[" * 5000, "headers": JSON}, 400, "JSON"),
     "deployment not a string": (
         "/predict",
         {"json": {"incident": {"feature0": 1.0}, "deployment": 5}},

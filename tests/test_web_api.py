@@ -142,6 +142,9 @@ def test_diagnose_one_incident_as_json(client: TestClient, unlabelled_frame: pd.
     refused = client.post("/ui/api/diagnose", json={"incident": incident}).json()
     assert refused["ok"] is False
     assert "incident.feature3" in refused["error"]
+    # A mistyped field is refused, not ignored (it would score with the training statistics).
+    mistyped = client.post("/ui/api/diagnose", json={"incident": {}, "deploymnet": "x"})
+    assert mistyped.status_code == 422 and "deploymnet" in mistyped.json()["error"]
 
 
 def test_diagnosis_job_table_and_downloads(

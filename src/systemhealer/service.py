@@ -16,6 +16,7 @@ The work is done by :mod:`systemhealer.incidents` (checking JSON incidents),
 """
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -285,19 +286,56 @@ class FaultDiagnosisService:
         return HTMLResponse(DOCS_PAGE)
 
 
-def _plain_request(body: bytes, field: str) -> tuple[Any, str | None] | None:
-    """``(payload[field], deployment)`` of a body of the plain form ``{field: ..., "deployment":
-    null | "name"}``, or None for anything else (left to BentoML, which answers as always)."""
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "a number", float: "a number", type(None): "null"}  # fmt: skip
+
+
+def _not_json(constant: str) -> float:
+    # ±Infinity is read so the incident checks can name the KPI it was sent for; NaN would
+    # pass for a missing value, which is written null.
+    if constant == "NaN":
+        raise ValueError("NaN is not JSON")
+    return float(constant)
+
+
+def _bad_body(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=400)
+
+
+def _plain_request(body: bytes, field: str) -> tuple[Any, str | None] | JSONResponse:
+    """``(payload[field], deployment)`` of a body of the form ``{field: ..., "deployment":
+    null | "name"}``, or a 400 answer saying what is wrong with it (BentoML's own route would
+    ignore unknown fields, so a mistyped "deployment" key would silently score with the
+    training statistics, and would take NaN, which is not JSON)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    if not isinstance(payload, dict) or not payload.keys() <= {field, "deployment"}:
-        return None
+        # orjson also refuses integers beyond 64 bits, which the incident checks name better.
+        try:
+            payload = json.loads(body, parse_constant=_not_json)
+        except (ValueError, RecursionError) as exc:
+            return _bad_body(
+                f"malformed JSON: {exc} (NaN and Infinity are not JSON: send null for a "
+                "missing value)"
+            )
+    expected = f"'{field}' and optionally 'deployment'"
+    if not isinstance(payload, dict):
+        return _bad_body(
+            f"the body must be a JSON object with {expected}, got {_JSON_TYPES[type(payload)]}"
+        )
+    unknown = sorted(set(payload) - {field, "deployment"})
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown[:5])
+        return _bad_body(f"unknown field(s) {names}: the body takes {expected}")
+    if field not in payload:
+        return _bad_body(f"{field}: field required (the body takes {expected})")
     deployment = payload.get("deployment")
     if not (deployment is None or isinstance(deployment, str)):
-        return None
-    return payload.get(field), deployment
+        return _bad_body(
+            "deployment: must be the name of a calibrated deployment (a string) or null, got "
+            f"{_JSON_TYPES[type(deployment)]}"
+        )
+    return payload[field], deployment
 
 
 def _current_service() -> Any:
@@ -332,20 +370,34 @@ def _observe(endpoint: str, started: float, answer: Response | None) -> Response
 async def _fast_predict(body: bytes) -> Response | None:
     started = time.perf_counter()
     request, service = _plain_request(body, "incident"), _current_service()
-    if request is None or not isinstance(request[0], dict) or service is None:
+    if service is None:
         return None
+    if isinstance(request, tuple) and not isinstance(request[0], dict):
+        kind = _JSON_TYPES[type(request[0])]
+        request = _bad_body(f"incident: must be an object of KPI values, got {kind}")
+    if isinstance(request, Response):
+        return _observe("/predict", started, request)
     return _observe("/predict", started, await service.diagnose_one(*request))
 
 
 async def _fast_predict_batch(body: bytes) -> Response | None:
     started = time.perf_counter()
     request, service = _plain_request(body, "incidents"), _current_service()
-    if request is None or service is None:
+    if service is None:
         return None
-    incidents = request[0]
-    if not isinstance(incidents, list) or not all(type(i) is dict for i in incidents):
-        return None
-    return _observe("/predict_batch", started, await service.diagnose_many(incidents, request[1]))
+    if isinstance(request, tuple):
+        incidents = request[0]
+        if not isinstance(incidents, list):
+            kind = _JSON_TYPES[type(incidents)]
+            request = _bad_body(f"incidents: must be an array of incidents, got {kind}")
+        elif (
+            i := next((i for i, x in enumerate(incidents) if type(x) is not dict), None)
+        ) is not None:
+            kind = _JSON_TYPES[type(incidents[i])]
+            request = _bad_body(f"incidents[{i}]: must be an object of KPI values, got {kind}")
+    if isinstance(request, Response):
+        return _observe("/predict_batch", started, request)
+    return _observe("/predict_batch", started, await service.diagnose_many(*request))
 
 
 FaultDiagnosisService.add_asgi_middleware(

@@ -25,7 +25,7 @@ from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from systemhealer import jobs, reports, tracking
 from systemhealer.config import FAULT_CLASSES, Settings
@@ -109,6 +109,8 @@ class TableCache:
 class IncidentsRequest(BaseModel):
     """One incident or a list of incidents, as JSON."""
 
+    model_config = ConfigDict(extra="forbid")  # a mistyped field is an error, not ignored
+
     incident: dict[str, Any] | None = Field(None, description="one incident")
     incidents: list[Any] | None = Field(None, description="several incidents")
     deployment: str | None = Field(None, description="calibrated deployment, null = training")
@@ -117,11 +119,15 @@ class IncidentsRequest(BaseModel):
 class TrainingRequest(BaseModel):
     """Train on an upload that passed validation."""
 
+    model_config = ConfigDict(extra="forbid")  # a mistyped field is an error, not ignored
+
     upload_id: str
 
 
 class DiagnosisRequest(BaseModel):
     """Diagnose an upload whose type and header were checked."""
+
+    model_config = ConfigDict(extra="forbid")  # a mistyped field is an error, not ignored
 
     upload_id: str
     deployment: str | None = None
