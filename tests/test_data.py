@@ -12,6 +12,7 @@ from systemhealer.data import (
     deduplicate,
     grouped_split,
     read_incidents,
+    refuse_unpacked_over,
     row_groups,
     sample_ids,
     spreadsheet_safe,
@@ -117,3 +118,27 @@ def test_spreadsheet_safe_neutralises_formulas() -> None:
     safe = spreadsheet_safe(frame)
     assert safe["sample_id"].tolist() == ["'=cmd|'/c calc'!A1", "ok", "'+1"]
     assert safe["x"].tolist() == [1.0, -2.0, 3.0]
+
+
+def test_compressed_files_are_refused_when_their_data_unpack_past_the_limit(
+    tmp_path: Path,
+) -> None:
+    """A .csv.gz of repeated rows is tiny packed; the upload limit bounds what it unpacks to."""
+    rows = "feature0,feature1\n" + "1.0,2.0\n" * 400_000  # 3.2 MB of text
+    bomb = tmp_path / "bomb.csv.gz"
+    bomb.write_bytes(gzip.compress(rows.encode()))
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(
+        DataValidationError, match=r"bomb.csv.gz: its data unpack to more than 1 MB"
+    ):
+        refuse_unpacked_over(bomb, 2**20, "serving.max_upload_mb")
+    refuse_unpacked_over(bomb, 4 * 2**20, "serving.max_upload_mb")  # within the limit
+    parquet = tmp_path / "rows.parquet"
+    pd.DataFrame({"feature0": np.arange(400_000, dtype=float)}).to_parquet(parquet)
+    with pytest.raises(DataValidationError, match="unpack to more than 1 MB"):
+        refuse_unpacked_over(parquet, 2**20, "serving.max_upload_mb")
+    # Corrupt or plain files are left to the reader, which says what is wrong with them.
+    (tmp_path / "broken.csv.gz").write_bytes(b"\x1f\x8bnot gzip")
+    refuse_unpacked_over(tmp_path / "broken.csv.gz", 10, "x")
+    (tmp_path / "plain.csv").write_text(rows)
+    refuse_unpacked_over(tmp_path / "plain.csv", 10, "x")

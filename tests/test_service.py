@@ -7,6 +7,7 @@ ready, saying why), takes the champion up without a restart, then answers every 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -455,6 +456,12 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         {"files": {"file": ("a.csv", b"0" * (5 * 2**20))}},
         413,
         "serving.max_upload_mb); score a larger file offline with `systemhealer predict",
+    ),
+    "compressed upload that unpacks past the limit": (
+        "/predict_csv",
+        {"files": {"file": ("bomb.csv.gz", gzip.compress(b"feature0\n" + b"1.0\n" * 2**21))}},
+        413,
+        "bomb.csv.gz: its data unpack to more than 4 MB",
     ),
     "broken multipart": (
         "/predict_csv",

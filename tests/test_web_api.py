@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
 import re
@@ -19,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from systemhealer import tracking
 from systemhealer.config import Settings, load_settings
+from systemhealer.data import KPI_FEATURES
 from systemhealer.web import create_app
 from systemhealer.web.guard import BodyLimit
 
@@ -449,3 +451,25 @@ def test_removing_a_deployment(client: TestClient, unlabelled_frame: pd.DataFram
     assert client.delete("/ui/api/deployments/training").status_code == 422
     assert client.delete("/ui/api/deployments/site-kept%0A").status_code == 422  # a newline
     assert client.delete("/ui/api/deployments/..%2Fjobs").status_code in (404, 422)
+
+
+def test_a_compressed_upload_that_unpacks_past_the_limit_is_refused(
+    trained_state: Any, tmp_path: Path
+) -> None:
+    rows = ",".join(KPI_FEATURES) + "\n" + ("1.0," * (len(KPI_FEATURES) - 1) + "1.0\n") * 20_000
+    packed = gzip.compress(rows.encode())
+    settings = _with(load_settings(), max_upload_mb=1)
+    with TestClient(create_app(settings, run_jobs=False)) as client:
+        for purpose in ("diagnose", "train"):
+            answer = client.post(
+                "/ui/api/uploads",
+                files={"file": ("bomb.csv.gz", packed)},
+                data={"purpose": purpose},
+            ).json()
+            assert answer["ok"] is False and "upload_id" not in answer
+            assert "bomb.csv.gz: its data unpack to more than 1 MB" in answer["error"]
+        refused = client.post(
+            "/ui/api/deployments", files={"file": ("bomb.csv.gz", packed)}, data={"name": "bomb"}
+        ).json()
+        assert refused["ok"] is False and "unpack to more than 1 MB" in refused["error"]
+        assert "bomb" not in [d["name"] for d in client.get("/ui/api/deployments").json()]

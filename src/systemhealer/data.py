@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import zlib
 from collections import Counter
@@ -94,6 +95,39 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
         raise DataValidationError(f"{path}: not a readable {kind} file ({first[:200]})") from exc
     _refuse_wrong_delimiter(frame, path)
     return frame
+
+
+def refuse_unpacked_over(path: Path | str, max_bytes: int, setting: str) -> None:
+    """Refuse (DataValidationError) a compressed upload whose data unpack to more than
+    ``max_bytes``: the upload limit bounds the data, not its packing, so a small .csv.gz of
+    repeated rows cannot unpack into gigabytes in a server's memory."""
+    path = Path(path)
+    if path.name.lower().endswith(".gz"):
+        unpacked = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    unpacked += len(chunk)
+                    if unpacked > max_bytes:
+                        break
+        except (OSError, EOFError, zlib.error):
+            return  # corrupt: reading it says so
+    elif file_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (OSError, ValueError, pa.ArrowException):
+            return  # not Parquet: reading it says so
+        unpacked = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    else:
+        return
+    if unpacked > max_bytes:
+        raise DataValidationError(
+            f"{path.name}: its data unpack to more than {max_bytes / 2**20:g} MB ({setting}, "
+            "which bounds the data, not its packing); score a larger file offline with "
+            "`systemhealer predict`"
+        )
 
 
 def _refuse_duplicate_names(names: Iterable[object], path: Path) -> None:

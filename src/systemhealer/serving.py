@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 
 from systemhealer.config import FAULT_CLASSES, Settings
-from systemhealer.data import KPI_FEATURES
+from systemhealer.data import KPI_FEATURES, refuse_unpacked_over
 from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import DataValidationError, ModelNotFoundError
-from systemhealer.incidents import IncidentError, IncidentRows
+from systemhealer.incidents import IncidentError, IncidentRows, TooManyIncidentsError
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +368,12 @@ def score_uploaded_file(
         output = Path(folder) / "diagnoses.csv"
         with source.open("wb") as target:
             shutil.copyfileobj(stream, target, length=1 << 20)
+        try:
+            refuse_unpacked_over(
+                source, int(settings.serving.max_upload_mb * 2**20), "serving.max_upload_mb"
+            )
+        except DataValidationError as exc:  # the data are too large: 413, as a large upload
+            raise TooManyIncidentsError(str(exc).replace(source.name, shown)) from exc
         try:
             stats = deployment_stats(settings, model.diagnoser, deployment)
             scoring_model = ScoringModel(model.diagnoser, stats, f"version {model.version}")

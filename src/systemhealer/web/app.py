@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from systemhealer import jobs, reports, tracking
 from systemhealer.config import FAULT_CLASSES, Settings
-from systemhealer.data import KPI_FEATURES, LABEL, PREDICTION_COLUMNS
+from systemhealer.data import KPI_FEATURES, LABEL, PREDICTION_COLUMNS, refuse_unpacked_over
 from systemhealer.errors import (
     DataValidationError,
     DeploymentNotFoundError,
@@ -104,6 +104,9 @@ class TableCache:
             while len(self._tables) > self.size:
                 self._tables.popitem(last=False)
         return table
+
+
+UPLOAD_LIMIT = "serving.max_upload_mb"
 
 
 class IncidentsRequest(BaseModel):
@@ -213,7 +216,7 @@ def create_app(
         BodyLimit,
         prefix=API,
         max_bytes=int(settings.serving.max_upload_mb * 2**20),
-        setting="serving.max_upload_mb",
+        setting=UPLOAD_LIMIT,
     )
 
     @app.middleware("http")
@@ -354,6 +357,7 @@ def create_app(
             "purpose": purpose,
         }
         try:
+            _refuse_bombs(upload.path, upload.filename)
             if purpose == "train":
                 answer.update(_check_training_file(upload.path, upload.filename))
             else:
@@ -368,6 +372,12 @@ def create_app(
             uploads.discard(upload.id)  # nothing can be done with it
             answer.pop("upload_id")
         return answer
+
+    def _refuse_bombs(path: Path, shown: str) -> None:
+        try:
+            refuse_unpacked_over(path, int(settings.serving.max_upload_mb * 2**20), UPLOAD_LIMIT)
+        except DataValidationError as exc:
+            raise DataValidationError(str(exc).replace(path.name, shown)) from exc
 
     def _check_training_file(path: Path, shown: str) -> dict[str, Any]:
         from systemhealer.validation import validate_file
@@ -634,6 +644,7 @@ def create_app(
             _copy_upload(file, path)
             try:
                 check_name(name)
+                _refuse_bombs(path, shown)
                 report, frame = validate_file(path, settings.data, require_label=False)
                 report.source = shown
                 for issue in report.issues:
