@@ -450,6 +450,12 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         400,
         "missing columns",
     ),
+    "upload with a text cell": (
+        "/predict_csv",
+        {"files": {"file": ("t.csv", ",".join(KPI_FEATURES).encode() + b"\nhigh" + b",1" * 106)}},
+        400,
+        "score the file with `systemhealer predict --on-bad-rows skip`",
+    ),
     "empty upload": ("/predict_csv", {"files": {"file": ("a.csv", b"")}}, 400, "a.csv"),
     "upload over the size limit": (
         "/predict_csv",

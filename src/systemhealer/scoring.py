@@ -71,7 +71,7 @@ if TYPE_CHECKING:  # torch (via the diagnoser) is imported while the first chunk
 
 ON_BAD_ROWS = ("fail", "skip")
 BAD_ROWS_SUFFIX = ".bad-rows.csv"
-_SKIP_HINT = "use --on-bad-rows skip to score the other rows and list the bad ones in a side file"
+SKIP_HINT = "use --on-bad-rows skip to score the other rows and list the bad ones in a side file"
 
 
 @dataclass(frozen=True)
@@ -570,7 +570,7 @@ def _bad_rows_message(source: str, bad: pa.Table, offset: int | None, where: str
     row = f"row {first['row'] + 1 + offset}" if offset is not None else f"a row{where}"
     ident = f" (sample_id {first[SAMPLE_ID]})" if first.get(SAMPLE_ID) else ""
     more = f" (and {bad.num_rows - 1} more bad rows in the same chunk)" if bad.num_rows > 1 else ""
-    return f"{source}: {row}{ident}: {first['reason']}{more}; nothing was written ({_SKIP_HINT})"
+    return f"{source}: {row}{ident}: {first['reason']}{more}; nothing was written ({SKIP_HINT})"
 
 
 def _score_chunks(

@@ -360,7 +360,7 @@ def score_uploaded_file(
     the upload, not the temporary file it was saved to.
     """
     from systemhealer.deployments import deployment_stats
-    from systemhealer.scoring import ScoringModel, stream_file
+    from systemhealer.scoring import SKIP_HINT, ScoringModel, stream_file
 
     shown = Path(filename or "upload").name
     with tempfile.TemporaryDirectory(prefix="systemhealer-upload-") as folder:
@@ -382,5 +382,11 @@ def score_uploaded_file(
             raise
         except DataValidationError as exc:
             message = str(exc).replace(str(source), shown).replace(source.name, shown)
+            # The CLI's option has no HTTP counterpart: say where it is.
+            message = message.replace(
+                SKIP_HINT,
+                "fix or remove those rows, or score the file with `systemhealer predict "
+                "--on-bad-rows skip`, which lists the bad ones in a side file",
+            )
             raise IncidentError(message) from exc
         return output.read_bytes()
