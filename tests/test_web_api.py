@@ -427,6 +427,9 @@ def test_a_deployment_s_file_is_checked_against_its_window_not_the_training_data
     assert as_training["warnings"] >= 5 and result["warnings"] < as_training["warnings"] / 3
     validation = client.get(f"/ui/api/jobs/{as_deployment['id']}/download/validation.json").json()
     assert sum(not i["blocking"] for i in validation["issues"]) == result["warnings"]
+    # "training" names the training statistics here too, as in /predict.
+    named = _diagnose_file(client, later.head(50), "later.csv", deployment="training")
+    assert named["result"]["deployment"] == "training"
 
 
 def test_removing_a_deployment(client: TestClient, unlabelled_frame: pd.DataFrame) -> None:

@@ -428,12 +428,15 @@ def create_app(
     @app.post(f"{API}/diagnosis-jobs", status_code=202, dependencies=[require_token])
     def start_diagnosis(request: DiagnosisRequest) -> dict[str, Any]:
         """Queue a checked upload for diagnosis (validated and scored in the background)."""
-        deployment = (request.deployment or "").strip() or None
-        if deployment is not None:
-            from systemhealer.deployments import list_deployments
+        from systemhealer.deployments import is_calibrated, list_deployments
 
-            if deployment not in {d.name for d in list_deployments(settings)}:
-                raise DeploymentNotFoundError(f"no calibrated deployment named {deployment!r}")
+        deployment = (request.deployment or "").strip() or None
+        if not is_calibrated(deployment):  # none, or "training": the training statistics
+            deployment = None
+        if deployment is not None and deployment not in {
+            d.name for d in list_deployments(settings)
+        }:
+            raise DeploymentNotFoundError(f"no calibrated deployment named {deployment!r}")
         upload = take_upload(request.upload_id, "diagnose")
         job = queue(
             jobs.DIAGNOSE,
