@@ -52,6 +52,10 @@ def test_incidents_become_rows_with_missing_values_as_nan() -> None:
         ([{"feature0": True}], "incidents[0].feature0"),
         ([{"feature0": math.inf}], "incidents[0].feature0: inf"),
         ([{"feature0": 10**400}], "incidents[0].feature0: inf"),
+        (
+            [{"feature0": 1}, {"feature0": None, "feature3": math.nan, "feature4": 2}],
+            "incidents[1].feature3: NaN is not JSON",
+        ),
         ([{"feature0": 1}, {"featur0": 1}], "incidents[1]: unknown field 'featur0'"),
         ([{"feature0": 1}, {"sample_id": 7}], "incidents[1]: all 107 KPI features are missing"),
         ([{"feature0": 1, "sample_id": 1.5}], "incidents[0].sample_id"),

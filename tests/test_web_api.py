@@ -147,6 +147,13 @@ def test_diagnose_one_incident_as_json(client: TestClient, unlabelled_frame: pd.
     # A mistyped field is refused, not ignored (it would score with the training statistics).
     mistyped = client.post("/ui/api/diagnose", json={"incident": {}, "deploymnet": "x"})
     assert mistyped.status_code == 422 and "deploymnet" in mistyped.json()["error"]
+    # NaN is not JSON (this parser takes it): refused, not read as a missing value.
+    literal = client.post(
+        "/ui/api/diagnose",
+        content=b'{"incident": {"feature0": 1, "feature2": NaN}}',
+        headers={"content-type": "application/json"},
+    ).json()
+    assert literal["ok"] is False and "incident.feature2: NaN is not JSON" in literal["error"]
 
 
 def test_diagnosis_job_table_and_downloads(

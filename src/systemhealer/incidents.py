@@ -152,8 +152,25 @@ def parse_incidents(
         # An integer too large for a float64: report it like an infinity.
         features = np.array([[_finite_or_inf(v) for v in row] for row in rows], dtype=np.float64)
     _refuse_infinite(features, field, single)
+    _refuse_nan(features, rows, field, single)
     _refuse_empty(features, field, single)
     return IncidentRows(sample_ids=ids, features=features)
+
+
+def _refuse_nan(features: np.ndarray, rows: list[list[Any]], field: str, single: bool) -> None:
+    """A NaN that was not sent as null came from a ``NaN`` literal, which is not JSON (parsers
+    that accept it would otherwise pass it off as a missing value)."""
+    missing = np.isnan(features).sum(axis=1)
+    sent_null = np.fromiter((row.count(None) for row in rows), dtype=np.int64, count=len(rows))
+    literal = np.flatnonzero(missing != sent_null)
+    if not len(literal):
+        return
+    row = int(literal[0])
+    column = next(j for j, v in enumerate(rows[row]) if v is not None and v != v)
+    where = field if single else f"{field}[{row}]"
+    raise IncidentError(
+        f"{where}.{KPI_FEATURES[column]}: NaN is not JSON; send null for a missing value"
+    )
 
 
 def _finite_or_inf(value: Any) -> float | None:
