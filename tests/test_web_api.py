@@ -299,6 +299,7 @@ def test_models_list_archive_and_report(client: TestClient, trained_state: Any) 
     assert report["history"] and "val_macro_f1" in report["history"][0]
     assert client.get("/ui/api/models/999/report").status_code == 404
     assert client.post("/ui/api/models/999/promote").status_code == 404
+    assert client.post("/ui/api/models/²/promote").status_code == 404  # a digit, not a version
     # Another spelling of a version names the same version, as the registry spells it.
     champion = client.get("/ui/api/models").json()["champion_version"]
     promoted = client.post(f"/ui/api/models/0{champion}/promote")

@@ -180,9 +180,9 @@ class ScheduleSettings(_Section):
     drift_psi_threshold: float = Field(0.25, gt=0)
     # The data set counts as drifted when at least this share of features drifted.
     drift_feature_share: float = Field(0.1, gt=0, le=1)
-    # PSI over ten bins of n incidents drawn from the very baseline is about 9/n on average
-    # (0.3 at 30 incidents: past the 0.25 mark with no drift at all); from 100 on, a sample of
-    # the baseline stays clear of it.
+    # PSI over ten bins of n incidents drawn from the very baseline is expected to average
+    # about 9/n (0.3 at 30 incidents: past the 0.25 mark with no drift at all); samples of 100
+    # from a deployment's window stay clear of it (tests/test_drift.py).
     drift_min_rows: int = Field(100, ge=2)
     keep_drift_reports: int = Field(200, ge=1)
 

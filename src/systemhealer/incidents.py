@@ -59,9 +59,13 @@ class IncidentRows:
         return frame
 
 
-def _describe(value: Any) -> str:
+def describe_json(value: Any) -> str:
+    """What kind of JSON value ``value`` was decoded from, for error messages."""
     kind = type(value).__name__
-    names = {"str": "a string", "bool": "a boolean", "list": "a list", "dict": "an object"}
+    names = {
+        "str": "a string", "bool": "a boolean", "list": "a list", "dict": "an object",
+        "int": "a number", "float": "a number", "NoneType": "null",
+    }  # fmt: skip
     if isinstance(value, str):
         shown = value if len(value) <= 20 else value[:20] + "…"
         return f"a string ({shown!r})"
@@ -75,7 +79,7 @@ def _sample_id(incident: Mapping[str, Any], where: str, position: int) -> Any:
         return position
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise IncidentError(
-            f"{where}.{SAMPLE_ID}: must be a string or an integer, got {_describe(value)}"
+            f"{where}.{SAMPLE_ID}: must be a string or an integer, got {describe_json(value)}"
         )
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
         raise IncidentError(
@@ -102,7 +106,7 @@ def _bad_value(where: str, row: list[Any]) -> IncidentError:
     for name, value in zip(KPI_FEATURES, row, strict=True):
         if type(value) not in _NUMBER_TYPES:
             return IncidentError(
-                f"{where}.{name}: must be a number or null (missing), got {_describe(value)}"
+                f"{where}.{name}: must be a number or null (missing), got {describe_json(value)}"
             )
     raise AssertionError("no bad value in row")  # pragma: no cover
 
@@ -119,7 +123,7 @@ def parse_incidents(
     if single:
         items: Sequence[Any] = [incidents]
     elif not isinstance(incidents, list):
-        raise IncidentError(f"{field}: must be a list of incidents, got {_describe(incidents)}")
+        raise IncidentError(f"{field}: must be a list of incidents, got {describe_json(incidents)}")
     else:
         items = incidents
     if not items:
@@ -136,7 +140,7 @@ def parse_incidents(
         where = field if single else f"{field}[{position}]"
         if not isinstance(incident, dict):
             raise IncidentError(
-                f"{where}: must be an object of KPI features, got {_describe(incident)}"
+                f"{where}: must be an object of KPI features, got {describe_json(incident)}"
             )
         unknown = incident.keys() - INCIDENT_FIELDS
         if unknown:

@@ -33,7 +33,7 @@ from systemhealer.config import FAULT_CLASSES, load_settings
 from systemhealer.data import KPI_FEATURES, SAMPLE_ID
 from systemhealer.errors import DeploymentNotFoundError, ModelNotFoundError, SystemHealerError
 from systemhealer.http_guard import AnswerTimeout, RequestGuard
-from systemhealer.incidents import IncidentError, parse_incidents
+from systemhealer.incidents import IncidentError, describe_json, parse_incidents
 from systemhealer.serving import (
     ChampionWatcher,
     Diagnoses,
@@ -286,18 +286,6 @@ class FaultDiagnosisService:
         return HTMLResponse(DOCS_PAGE)
 
 
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-               int: "a number", float: "a number", type(None): "null"}  # fmt: skip
-
-
-def _not_json(constant: str) -> float:
-    # ±Infinity is read so the incident checks can name the KPI it was sent for; NaN would
-    # pass for a missing value, which is written null.
-    if constant == "NaN":
-        raise ValueError("NaN is not JSON")
-    return float(constant)
-
-
 def _bad_body(message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=400)
 
@@ -306,22 +294,20 @@ def _plain_request(body: bytes, field: str) -> tuple[Any, str | None] | JSONResp
     """``(payload[field], deployment)`` of a body of the form ``{field: ..., "deployment":
     null | "name"}``, or a 400 answer saying what is wrong with it (BentoML's own route would
     ignore unknown fields, so a mistyped "deployment" key would silently score with the
-    training statistics, and would take NaN, which is not JSON)."""
+    training statistics). The shape of ``payload[field]`` is checked by parse_incidents."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        # orjson also refuses integers beyond 64 bits, which the incident checks name better.
+        # orjson also refuses integers beyond 64 bits and ±Infinity/NaN, which the incident
+        # checks name with their field (parse_incidents refuses NaN: it is not JSON).
         try:
-            payload = json.loads(body, parse_constant=_not_json)
+            payload = json.loads(body)
         except (ValueError, RecursionError) as exc:
-            return _bad_body(
-                f"malformed JSON: {exc} (NaN and Infinity are not JSON: send null for a "
-                "missing value)"
-            )
+            return _bad_body(f"malformed JSON: {exc}")
     expected = f"'{field}' and optionally 'deployment'"
     if not isinstance(payload, dict):
         return _bad_body(
-            f"the body must be a JSON object with {expected}, got {_JSON_TYPES[type(payload)]}"
+            f"the body must be a JSON object with {expected}, got {describe_json(payload)}"
         )
     unknown = sorted(set(payload) - {field, "deployment"})
     if unknown:
@@ -333,7 +319,7 @@ def _plain_request(body: bytes, field: str) -> tuple[Any, str | None] | JSONResp
     if not (deployment is None or isinstance(deployment, str)):
         return _bad_body(
             "deployment: must be the name of a calibrated deployment (a string) or null, got "
-            f"{_JSON_TYPES[type(deployment)]}"
+            f"{describe_json(deployment)}"
         )
     return payload[field], deployment
 
@@ -372,9 +358,6 @@ async def _fast_predict(body: bytes) -> Response | None:
     request, service = _plain_request(body, "incident"), _current_service()
     if service is None:
         return None
-    if isinstance(request, tuple) and not isinstance(request[0], dict):
-        kind = _JSON_TYPES[type(request[0])]
-        request = _bad_body(f"incident: must be an object of KPI values, got {kind}")
     if isinstance(request, Response):
         return _observe("/predict", started, request)
     return _observe("/predict", started, await service.diagnose_one(*request))
@@ -385,16 +368,6 @@ async def _fast_predict_batch(body: bytes) -> Response | None:
     request, service = _plain_request(body, "incidents"), _current_service()
     if service is None:
         return None
-    if isinstance(request, tuple):
-        incidents = request[0]
-        if not isinstance(incidents, list):
-            kind = _JSON_TYPES[type(incidents)]
-            request = _bad_body(f"incidents: must be an array of incidents, got {kind}")
-        elif (
-            i := next((i for i, x in enumerate(incidents) if type(x) is not dict), None)
-        ) is not None:
-            kind = _JSON_TYPES[type(incidents[i])]
-            request = _bad_body(f"incidents[{i}]: must be an object of KPI values, got {kind}")
     if isinstance(request, Response):
         return _observe("/predict_batch", started, request)
     return _observe("/predict_batch", started, await service.diagnose_many(*request))

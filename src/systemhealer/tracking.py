@@ -256,7 +256,7 @@ def champion_history(settings: Settings) -> list[str]:
     # As the registry spells versions ("1", never "01": an older release recorded requests'
     # spelling, and "01" never equals "1" when rolling back).
     history = json.loads(model.tags.get(_CHAMPION_HISTORY, "[]"))
-    return [str(int(v)) if str(v).isdigit() else str(v) for v in history]
+    return [str(int(v)) if str(v).isascii() and str(v).isdigit() else str(v) for v in history]
 
 
 def set_champion(settings: Settings, version: str, record: bool = True) -> str:

@@ -579,7 +579,8 @@ def create_app(
         }
 
     def checked_version(version: str) -> str:
-        if not version.isdigit() or len(version) > 9:
+        # ASCII digits only: "²" is a digit to str.isdigit, and int() refuses it.
+        if not (version.isascii() and version.isdigit()) or len(version) > 9:
             raise ModelNotFoundError(f"no model version {version!r}")
         return str(int(version))  # as the registry spells it: "01" → "1"
 
