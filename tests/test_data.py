@@ -12,6 +12,7 @@ from systemhealer.data import (
     deduplicate,
     grouped_split,
     read_incidents,
+    read_incidents_in_chunks,
     refuse_unpacked_over,
     row_groups,
     sample_ids,
@@ -20,12 +21,39 @@ from systemhealer.data import (
 from systemhealer.errors import DataValidationError
 
 
+def _in_chunks(path: Path, rows: int = 64) -> pd.DataFrame:
+    chunks, shares = zip(*read_incidents_in_chunks(path, rows), strict=True)
+    assert list(shares) == sorted(shares) and shares[-1] == 1.0  # progress only grows, to all
+    assert all(len(c) <= rows for c in chunks)
+    return pd.concat(chunks, ignore_index=True)
+
+
 def test_reads_csv_gzip_and_parquet(tmp_path: Path, small_training_frame: pd.DataFrame) -> None:
     small_training_frame.to_csv(tmp_path / "a.csv.gz", index=False)
-    small_training_frame.to_parquet(tmp_path / "a.parquet", index=False)
+    small_training_frame.to_csv(tmp_path / "a.csv", index=False)
+    small_training_frame.to_parquet(tmp_path / "a.parquet", index=False, row_group_size=100)
     from_csv = read_incidents(tmp_path / "a.csv.gz")
     from_parquet = read_incidents(tmp_path / "a.parquet")
     assert from_csv.shape == from_parquet.shape == small_training_frame.shape
+    # In chunks: the same rows, whatever the format.
+    for name in ("a.csv.gz", "a.csv", "a.parquet"):
+        pd.testing.assert_frame_equal(_in_chunks(tmp_path / name), from_csv, check_dtype=False)
+
+
+def test_reading_in_chunks_keeps_a_header_without_rows_and_names_a_broken_row(
+    tmp_path: Path, small_training_frame: pd.DataFrame
+) -> None:
+    header = ",".join(small_training_frame.columns)
+    (tmp_path / "header.csv").write_text(header + "\n")
+    ((chunk, share),) = read_incidents_in_chunks(tmp_path / "header.csv", 10)
+    assert chunk.empty and list(chunk.columns) == list(small_training_frame.columns)
+    assert share == 1.0
+    # A row with too many fields far into the file: the file is named as unreadable.
+    text = small_training_frame.to_csv(index=False).splitlines()
+    text[500] += ",1,2"
+    (tmp_path / "ragged.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataValidationError, match=r"ragged.csv: not a readable CSV file"):
+        _in_chunks(tmp_path / "ragged.csv")
 
 
 @pytest.mark.parametrize(
@@ -45,6 +73,8 @@ def test_unreadable_files_are_named(
     path.write_bytes(content)
     with pytest.raises(DataValidationError, match=message):
         read_incidents(path)
+    with pytest.raises(DataValidationError, match=message):
+        _in_chunks(path)
 
 
 def test_repeated_column_names_are_refused_not_renamed(
@@ -58,12 +88,16 @@ def test_repeated_column_names_are_refused_not_renamed(
     (tmp_path / "twice.csv").write_text(text)  # pandas would read the second as "feature2.1"
     with pytest.raises(DataValidationError, match=r"duplicate column names: feature2$"):
         read_incidents(tmp_path / "twice.csv")
+    with pytest.raises(DataValidationError, match=r"duplicate column names: feature2$"):
+        _in_chunks(tmp_path / "twice.csv")
     table = pa.Table.from_arrays(
         [pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], names=["feature2", "feature2"]
     )
     pq.write_table(table, tmp_path / "twice.parquet")
     with pytest.raises(DataValidationError, match=r"duplicate column names: feature2$"):
         read_incidents(tmp_path / "twice.parquet")
+    with pytest.raises(DataValidationError, match=r"duplicate column names: feature2$"):
+        _in_chunks(tmp_path / "twice.parquet")
 
 
 def test_missing_file() -> None:

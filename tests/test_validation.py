@@ -1,9 +1,12 @@
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from systemhealer.config import DataSettings
-from systemhealer.validation import DataProfile, validate_frame
+from systemhealer.data import KPI_FEATURES
+from systemhealer.validation import ChunkedValidation, DataProfile, validate_frame
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +86,52 @@ def test_drift_against_profile_is_a_warning(frame: pd.DataFrame) -> None:
     assert ("drift", "feature12") in warned
     assert ("missing_drift", "feature40") in warned
     assert ("drift", "feature13") not in warned
+
+
+def _chunks(frame: pd.DataFrame, rows: int) -> list[pd.DataFrame]:
+    return [frame.iloc[i : i + rows] for i in range(0, len(frame), rows)]
+
+
+def test_a_file_validated_in_chunks_gets_the_report_of_the_whole(frame: pd.DataFrame) -> None:
+    """Text in the labels and rows without KPIs in several chunks are counted over the file,
+    and the drift warnings come from all its rows, not from one chunk."""
+    profile = DataProfile.learn(frame)
+    incidents = frame.astype({"label": object})
+    incidents.loc[[5, 6, 300, 301, 302, 880], "label"] = "disk fault"
+    incidents.loc[[10, 450], list(KPI_FEATURES)] = np.nan
+    incidents["feature12"] = incidents["feature12"] * 1e6
+    incidents.loc[400:, "feature40"] = np.nan  # missing in most rows, none in the first chunks
+    whole, _ = validate_frame(incidents, "f.csv", DataSettings(), False, profile, "training")
+    chunked = ChunkedValidation("f.csv", DataSettings(), profile, "training")
+    for chunk in _chunks(incidents, 128):
+        chunked.check(chunk)
+    report = chunked.finish()
+    assert report.ok and whole.ok
+    by_key = {(i.check, i.column): asdict(i) for i in report.issues}
+    assert by_key == {(i.check, i.column): asdict(i) for i in whole.issues}
+    assert (report.rows, report.columns, report.checks_run) == (
+        whole.rows,
+        whole.columns,
+        whole.checks_run,
+    )
+    assert by_key[("type", "label")]["count"] == 6
+    assert by_key[("type", "label")]["rows"] == [5, 6, 300, 301, 302]
+    assert ("missing_drift", "feature40") in by_key and ("drift", "feature12") in by_key
+
+
+def test_a_blocking_problem_in_a_later_chunk_is_named_by_its_row_in_the_file(
+    frame: pd.DataFrame,
+) -> None:
+    incidents = frame.drop(columns=["label"]).astype({"feature3": object})
+    incidents.loc[700, "feature3"] = "oops"
+    incidents.loc[720, "feature10"] = np.inf
+    whole, _ = validate_frame(incidents, "f.csv", DataSettings(), False)
+    chunked = ChunkedValidation("f.csv", DataSettings())
+    for chunk in _chunks(incidents, 256):
+        chunked.check(chunk)
+        if not chunked.ok:
+            break
+    assert chunked.report.rows == 768  # it stopped at the chunk with the problems
+    assert [asdict(i) for i in chunked.finish().errors] == [asdict(i) for i in whole.errors]
+    assert [i.rows for i in whole.errors] == [[700], [720]]
+    assert "row 701" in chunked.report.summary()

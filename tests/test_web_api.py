@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from systemhealer import tracking
+from systemhealer import jobs, tracking
 from systemhealer.config import Settings, load_settings
 from systemhealer.data import KPI_FEATURES
 from systemhealer.web import create_app
@@ -250,6 +250,68 @@ def test_a_labelled_file_is_also_scored_against_its_labels(
     # Without a label column, or with an empty one, nothing is claimed.
     assert "label_scores" not in _diagnose_file(client, labelled.drop(columns=["label"]))["result"]
     assert "label_scores" not in _diagnose_file(client, labelled.assign(label=np.nan))["result"]
+
+
+def _diagnose_in_chunks(
+    folder: Path, incidents: pd.DataFrame, chunk_rows: int
+) -> tuple[jobs.JobStore, jobs.Job]:
+    """Run a diagnosis job (the page's executor, without the queue) ``chunk_rows`` at a time."""
+    from systemhealer.web.app import ChampionCache
+
+    base = load_settings()
+    web = base.web.model_copy(update={"chunk_rows": chunk_rows, "embedding_points": 40})
+    settings = base.model_copy(update={"web": web})
+    store = jobs.JobStore(folder)
+    job = store.create(
+        jobs.DIAGNOSE, "incidents.csv", {}, lambda path: incidents.to_csv(path, index=False)
+    )
+    jobs.DiagnosisExecutor(store, settings, ChampionCache(settings).get)(job)
+    return store, job
+
+
+def test_a_file_diagnosed_in_chunks_gets_the_results_of_one_piece(
+    tmp_path: Path, training_frame: pd.DataFrame, trained_state: Any
+) -> None:
+    """A file is read, validated and diagnosed a chunk at a time (bounded memory): the
+    diagnoses, charts, label scores and validation report are those of the file in one piece."""
+    incidents = training_frame.groupby("label").head(60).reset_index(drop=True)
+    incidents = incidents.astype({"label": object})
+    incidents.loc[[3, 250], "label"] = "Class 3"  # text in the labels of two chunks
+    incidents.loc[[7, 330], list(KPI_FEATURES)] = np.nan  # rows without any KPI value
+    outputs = []
+    for rows in (100, 10_000):
+        store, job = _diagnose_in_chunks(tmp_path / str(rows), incidents, rows)
+        folder = store.folder(job.id)
+        result = store.read(job.id, "result.json")
+        validation = store.read(job.id, "validation.json")
+        outputs.append((result, validation, (folder / "diagnoses.csv").read_bytes()))
+    (chunked, chunked_check, chunked_csv), (whole, whole_check, whole_csv) = outputs
+    assert chunked_csv == whole_csv
+    for key in ("source", "deployment"):
+        chunked.pop(key), whole.pop(key)
+    assert chunked == whole
+    assert whole["rows"] == 360 and whole["unread"] == 2 and len(whole["embedding"]["x"]) == 40
+    assert whole["label_scores"]["unusable"] == {"bad": 2, "rows": 360}
+    assert chunked_check == whole_check
+    assert {i["check"] for i in whole_check["issues"]} >= {"type", "empty_rows"}
+
+
+def test_a_bad_row_deep_in_a_file_fails_its_diagnosis_job_and_writes_nothing(
+    tmp_path: Path, unlabelled_frame: pd.DataFrame, trained_state: Any
+) -> None:
+    from systemhealer.errors import DataValidationError
+
+    incidents = unlabelled_frame.iloc[:500].astype({"feature3": object})
+    incidents.loc[432, "feature3"] = "n/a?"
+    with pytest.raises(DataValidationError, match=r"incidents.csv: 'feature3'.*row 433"):
+        _diagnose_in_chunks(tmp_path, incidents, 100)
+    store = jobs.JobStore(tmp_path)
+    (job,) = store.list()
+    folder = store.folder(job.id)
+    assert not (folder / "diagnoses.csv").exists() and not (folder / "result.json").exists()
+    error = store.read(job.id, "error.json")
+    assert error["validation"]["rows"] == 500 and not error["validation"]["ok"]
+    assert [i["rows"] for i in error["validation"]["issues"] if i["blocking"]] == [[432]]
 
 
 def test_a_bad_file_to_diagnose_is_refused_with_a_message(client: TestClient) -> None:

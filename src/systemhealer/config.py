@@ -209,7 +209,8 @@ class WebSettings(_Section):
     scoring_workers: int = Field(1, ge=1)
     # Finished jobs (and their files) kept under `jobs_dir`; the oldest go first.
     keep_jobs: int = Field(100, ge=1)
-    # Rows per progress step when the page scores a file.
+    # Rows read, validated and diagnosed at a time when the page scores a file: a job's memory
+    # holds one chunk (and the diagnoses), not the file.
     chunk_rows: int = Field(10_000, ge=100)
     # Points drawn in embedding scatter plots (a random sample of larger files).
     embedding_points: int = Field(2_000, ge=10)

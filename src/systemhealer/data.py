@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,9 @@ def has_label_column(path: Path) -> bool:
     return bool(label_columns(names))
 
 
-def read_incidents(path: Path | str) -> pd.DataFrame:
-    """Read a CSV or Parquet file of incidents as it is (no coercion), or explain why not."""
-    path = Path(path)
+def _refuse_unreadable(path: Path) -> None:
+    """What can be told of a file before parsing it: there, not a folder, not empty, and a
+    CSV that is text (not gzip under another name, not binary)."""
     if not path.exists():
         raise DataValidationError(f"{path}: file not found")
     if path.is_dir():
@@ -68,6 +69,36 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
             raise DataValidationError(f"{path}: gzip-compressed; name the file .csv.gz")
         if b"\x00" in start:
             raise DataValidationError(f"{path}: binary content, not a CSV text file")
+
+
+def _unreadable(path: Path, exc: BaseException) -> DataValidationError:
+    kind = "Parquet" if file_format(path) == "parquet" else "CSV"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DataValidationError(f"{path}: not a readable {kind} file ({first[:200]})")
+
+
+# What reading a broken file raises. EOFError and zlib.error: a truncated or corrupt .gz (found
+# by tests/test_properties.py).
+_READ_ERRORS = (
+    UnicodeDecodeError,
+    pd.errors.ParserError,
+    ValueError,
+    OSError,
+    EOFError,
+    zlib.error,
+)
+
+
+def _csv_header(path: Path) -> list[object]:
+    """The header as written (pandas renames a repeated column "feature2.1")."""
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    return header.iloc[0].tolist() if len(header) else []
+
+
+def read_incidents(path: Path | str) -> pd.DataFrame:
+    """Read a CSV or Parquet file of incidents as it is (no coercion), or explain why not."""
+    path = Path(path)
+    _refuse_unreadable(path)
     try:
         if file_format(path) == "parquet":
             import pyarrow.parquet as pq
@@ -75,26 +106,67 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
             _refuse_duplicate_names(pq.read_schema(path).names, path)
             frame = pd.read_parquet(path)
         else:
-            # pandas renames a repeated column ("feature2.1"): check the header as written.
-            header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
-            _refuse_duplicate_names(header.iloc[0].tolist() if len(header) else [], path)
+            _refuse_duplicate_names(_csv_header(path), path)
             frame = pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError as exc:  # a ValueError: before the clause below
         raise DataValidationError(f"{path}: no header and no rows") from exc
-    # EOFError and zlib.error: a truncated or corrupt .gz (found by tests/test_properties.py).
-    except (
-        UnicodeDecodeError,
-        pd.errors.ParserError,
-        ValueError,
-        OSError,
-        EOFError,
-        zlib.error,
-    ) as exc:
-        kind = "Parquet" if file_format(path) == "parquet" else "CSV"
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataValidationError(f"{path}: not a readable {kind} file ({first[:200]})") from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     _refuse_wrong_delimiter(frame, path)
     return frame
+
+
+def read_incidents_in_chunks(path: Path | str, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
+    """:func:`read_incidents` ``rows`` at a time, with its checks and messages: each chunk as
+    it is (no coercion; pandas types each chunk's columns on their own) and the share of the
+    file read so far (by bytes for a CSV, so an estimate). A file without rows gives one empty
+    chunk with its columns."""
+    path = Path(path)
+    _refuse_unreadable(path)
+    try:
+        if file_format(path) == "parquet":
+            yield from _parquet_chunks(path, rows)
+        else:
+            yield from _csv_chunks(path, rows)
+    except pd.errors.EmptyDataError as exc:
+        raise DataValidationError(f"{path}: no header and no rows") from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _parquet_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as file:
+        _refuse_duplicate_names(file.schema_arrow.names, path)
+        total, done = file.metadata.num_rows, 0
+        for batch in file.iter_batches(batch_size=rows):
+            done += batch.num_rows
+            yield batch.to_pandas(), done / total
+        if total == 0:
+            yield file.schema_arrow.empty_table().to_pandas(), 1.0
+
+
+def _csv_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
+    _refuse_duplicate_names(_csv_header(path), path)
+    size = path.stat().st_size
+    packed = path.name.lower().endswith(".gz")
+    with (
+        path.open("rb") as raw,
+        gzip.open(raw) if packed else contextlib.nullcontext(raw) as text,
+        # The position of ``raw`` (packed bytes) tells how far the reading is.
+        pd.read_csv(text, chunksize=rows, low_memory=False, compression=None) as reader,
+    ):
+        first = True
+        for chunk in reader:
+            if first:
+                _refuse_wrong_delimiter(chunk, path)
+                first = False
+            yield chunk, min(1.0, raw.tell() / size)
+        if first:  # a header without rows
+            empty = pd.DataFrame(columns=[str(c) for c in _csv_header(path)])
+            _refuse_wrong_delimiter(empty, path)
+            yield empty, 1.0
 
 
 def refuse_unpacked_over(path: Path | str, max_bytes: int, setting: str) -> None:

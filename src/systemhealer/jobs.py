@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -688,10 +689,12 @@ ModelLoader = Callable[[], tuple[Any, str]]
 
 @dataclass
 class DiagnosisExecutor:
-    """Validates and diagnoses a file of incidents with the champion, ``chunk_rows`` at a time.
+    """Validates and diagnoses a file of incidents with the champion, ``web.chunk_rows`` at a
+    time: memory holds one chunk of the file and the diagnoses, not the whole file.
 
     Writes ``validation.json``, ``diagnoses.csv`` (exactly what ``systemhealer predict`` writes),
     ``diagnoses.parquet`` (for the page's table) and ``result.json`` (summary and chart data).
+    A blocking problem in any chunk fails the job and writes no diagnoses.
     """
 
     store: JobStore
@@ -699,12 +702,12 @@ class DiagnosisExecutor:
     load_model: ModelLoader
 
     def __call__(self, job: Job) -> None:
-        from systemhealer.data import label_columns, read_incidents
+        from systemhealer.data import label_columns, read_incidents_in_chunks
         from systemhealer.deployments import deployment_stats
         from systemhealer.drift import baseline_label, baseline_profile
         from systemhealer.evaluation import scores_against_labels
         from systemhealer.scoring import atomic_write, diagnose_frame
-        from systemhealer.validation import require_valid, validate_frame
+        from systemhealer.validation import ChunkedValidation, require_valid
 
         folder = self.store.folder(job.id)
         for stale in ("progress.json", "result.json", "error.json", "validation.json", "cancel"):
@@ -715,74 +718,135 @@ class DiagnosisExecutor:
             progress.update(changes, updated_at=_now())
             write_json(folder / "progress.json", progress)
 
+        def refuse(validation: ChunkedValidation) -> None:
+            checked = validation.finish().to_dict()
+            write_json(folder / "validation.json", checked)
+            try:
+                require_valid(validation.report)
+            except DataValidationError as exc:
+                write_json(folder / "error.json", {"message": str(exc), "validation": checked})
+                raise
+
         report()
         diagnoser, version = self.load_model()
-        try:
-            raw = read_incidents(folder / job.input_file)
-        except DataValidationError as exc:
-            raise DataValidationError(
-                str(exc).replace(str(folder / job.input_file), job.source)
-            ) from exc
-        report(stage="validating", rows=len(raw))
         deployment = job.params.get("deployment") or None
         # Range and missing-value warnings against what these incidents should look like: the
         # training data, or the chosen deployment's reference window (its units, not training's).
-        profile = baseline_profile(self.settings, diagnoser, deployment)
-        validation, frame = validate_frame(
-            raw, job.source, self.settings.data, False, profile, baseline_label(deployment)
+        validation = ChunkedValidation(
+            job.source,
+            self.settings.data,
+            baseline_profile(self.settings, diagnoser, deployment),
+            baseline_label(deployment),
         )
-        write_json(folder / "validation.json", validation.to_dict())
-        try:
-            require_valid(validation)
-        except DataValidationError as exc:
-            write_json(
-                folder / "error.json", {"message": str(exc), "validation": validation.to_dict()}
-            )
-            raise
         stats = deployment_stats(self.settings, diagnoser, deployment)
-        report(stage="diagnosing")
-        parts = []
-        step = self.settings.web.chunk_rows
-        for start in range(0, len(frame), step):
-            if self.store.cancel_requested(job.id):
-                raise JobCancelledError("cancelled")
-            parts.append(diagnose_frame(diagnoser, frame.iloc[start : start + step], stats, start))
-            report(rows_done=min(len(frame), start + step))
+        sample = EmbeddingSample(self.settings.web.embedding_points)
+        parts: list[pd.DataFrame] = []
+        labels: list[pd.Series] = []
+        unread = 0
+        try:
+            for raw, share in read_incidents_in_chunks(
+                folder / job.input_file, self.settings.web.chunk_rows
+            ):
+                if self.store.cancel_requested(job.id):
+                    raise JobCancelledError("cancelled")
+                first_row = validation.report.rows
+                frame = validation.check(raw)
+                if not validation.ok:
+                    refuse(validation)
+                diagnosed = diagnose_frame(diagnoser, frame, stats, first_row)
+                parts.append(diagnosed)
+                unread += int((diagnoser.kpis_read(frame) == 0).sum())
+                sample.offer(frame, first_row)
+                # A labelled file: how the diagnoses compare with its labels, as they were
+                # written (validation turned text in them to missing values).
+                labelled = label_columns(raw.columns)
+                if labelled:
+                    labels.append(raw[labelled[0]].reset_index(drop=True))
+                _release_chunk()
+                done = validation.report.rows
+                report(
+                    stage="diagnosing",
+                    rows_done=done,
+                    rows=done if share >= 1 else max(done, round(done / max(share, 1e-9))),
+                )
+        except DataValidationError as exc:
+            if not (folder / "error.json").exists():
+                raise DataValidationError(
+                    str(exc).replace(str(folder / job.input_file), job.source)
+                ) from exc
+            raise
+        refuse(validation)  # the file's own warnings are in; a file of 0 rows stops here
         diagnoses = pd.concat(parts, ignore_index=True)
-        report(stage="writing")
+        del parts
+        report(stage="writing", rows=len(diagnoses))
         atomic_write(diagnoses, folder / "diagnoses.csv")
         atomic_write(diagnoses, folder / "diagnoses.parquet")
-        summary = diagnosis_summary(
-            diagnoses, diagnoser, frame, stats, self.settings.web.embedding_points
-        )
+        summary = diagnosis_summary(diagnoses, diagnoser, stats, unread, sample)
         summary.update(
             model_version=version,
             deployment=deployment or "training",
             source=job.source,
-            warnings=len(validation.warnings),
+            warnings=len(validation.report.warnings),
         )
-        # A labelled file: how the diagnoses compare with its labels, as they were written
-        # (validation turned text in them to missing values).
-        labelled = label_columns(raw.columns)
-        if labelled:
+        if labels:
             predicted = diagnoses["predicted_label"].to_numpy()
-            scores = scores_against_labels(raw[labelled[0]].reset_index(drop=True), predicted)
+            scores = scores_against_labels(pd.concat(labels, ignore_index=True), predicted)
             if scores is not None:
                 summary["label_scores"] = scores
         write_json(folder / "result.json", summary)
         report(stage="done")
 
 
+def _release_chunk() -> None:
+    """Free what scoring one chunk left in reference cycles (Great Expectations' objects hold
+    the chunk's frames): left to Python's occasional full collection, they grew a job on 940,000
+    rows by about 1 GB between collections."""
+    gc.collect()
+
+
+class EmbeddingSample:
+    """A uniform random sample of at most ``size`` incidents of a file read in chunks: their
+    KPI features and row positions, for the embedding chart. Every row draws a key from one
+    seeded stream and the ``size`` smallest keys stay, so the sample does not depend on how
+    the file is cut (a file of at most ``size`` rows is kept whole, in order)."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self._rng = np.random.default_rng(seed)
+        self._keys = np.zeros(0)
+        self.positions = np.zeros(0, dtype=np.int64)
+        self.features = pd.DataFrame()
+
+    def offer(self, incidents: pd.DataFrame, first_row: int) -> None:
+        from systemhealer.data import feature_matrix
+
+        keys = self._rng.random(len(incidents))
+        if len(self._keys) >= self.size:
+            taken = np.flatnonzero(keys < self._keys.max())
+        else:
+            taken = np.arange(len(incidents))
+        if not len(taken):
+            return
+        keys = np.concatenate([self._keys, keys[taken]])
+        positions = np.concatenate([self.positions, taken + first_row])
+        features = pd.concat(
+            [self.features, feature_matrix(incidents.iloc[taken])], ignore_index=True
+        )
+        kept = np.sort(np.argsort(keys, kind="stable")[: self.size])  # in file order
+        self._keys, self.positions = keys[kept], positions[kept]
+        self.features = features.iloc[kept].reset_index(drop=True)
+
+
 def diagnosis_summary(
     diagnoses: pd.DataFrame,
     diagnoser: Any,
-    incidents: pd.DataFrame,
     deployment: Any,
-    max_points: int,
+    unread: int,
+    sample: EmbeddingSample,
 ) -> dict[str, Any]:
-    """Chart data of a set of diagnoses: class counts, confidence histogram, 2-D embedding, and
-    how many incidents have no value in any of the model's ``model_kpis`` KPIs (``unread``)."""
-    from systemhealer.data import feature_matrix
+    """Chart data of a set of diagnoses: class counts, confidence histogram, the 2-D embedding
+    of a ``sample`` of them, and how many incidents have no value in any of the model's
+    ``model_kpis`` KPIs (``unread``: their diagnosis rests on no evidence)."""
     from systemhealer.evaluation import embedding_2d
 
     labels = diagnoses["predicted_label"].to_numpy()
@@ -791,17 +855,9 @@ def diagnosis_summary(
     edges = np.linspace(0.0, 1.0, 21)
     histogram, _ = np.histogram(np.clip(confidence, 0.0, 1.0), bins=edges)
     rows = len(diagnoses)
-    # Incidents with no value in any KPI the model reads: their diagnosis rests on no evidence.
-    unread = int((diagnoser.kpis_read(incidents) == 0).sum())
-    sample = (
-        np.sort(np.random.default_rng(0).choice(rows, size=max_points, replace=False))
-        if rows > max_points
-        else np.arange(rows)
-    )
     points = np.zeros((0, 2))
-    if len(sample):
-        features = feature_matrix(incidents.iloc[sample])
-        points = embedding_2d(diagnoser.embed(features, deployment))
+    if len(sample.positions):
+        points = embedding_2d(diagnoser.embed(sample.features, deployment))
     return {
         "rows": rows,
         "class_counts": counts,
@@ -817,8 +873,8 @@ def diagnosis_summary(
         "embedding": {
             "x": np.round(points[:, 0], 4).tolist() if len(points) else [],
             "y": np.round(points[:, 1], 4).tolist() if len(points) else [],
-            "label": labels[sample].tolist(),
-            "sample_id": [str(s) for s in diagnoses["sample_id"].to_numpy()[sample]],
+            "label": labels[sample.positions].tolist(),
+            "sample_id": [str(s) for s in diagnoses["sample_id"].to_numpy()[sample.positions]],
         },
     }
 

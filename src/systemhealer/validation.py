@@ -42,6 +42,7 @@ class ValidationIssue:
     rows: list[int] = field(default_factory=list)
     sample_ids: list[str] = field(default_factory=list)
     count: int = 0
+    examples: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -145,6 +146,7 @@ def _row_refs(frame: pd.DataFrame, rows: list[int]) -> list[str]:
 
 
 def _rows_text(rows: list[int], count: int) -> str:
+    """Row numbers as a person counts them (``rows`` are 0-based positions in the file)."""
     shown = ", ".join(str(r + 1) for r in rows)
     return f"row{'s' if count > 1 else ''} {shown}" + (
         f" … ({count} rows)" if count > len(rows) else ""
@@ -200,9 +202,10 @@ def _contract_expectations(require_label: bool, settings: DataSettings) -> list[
     return expectations
 
 
-def _finite_check(features: pd.DataFrame) -> list[ValidationIssue]:
+def _finite_check(features: pd.DataFrame, first_row: int = 0) -> list[ValidationIssue]:
     """No ±inf in any KPI feature, checked by GX over the cells in long form (one expectation
-    for all 107 columns; per-column expectations cost ~50 ms each)."""
+    for all 107 columns; per-column expectations cost ~50 ms each). Rows are named counting
+    from ``first_row`` (the frame's first row in its file)."""
     values = features[list(KPI_FEATURES)].to_numpy(dtype=np.float64)
     cells = pd.DataFrame({"kpi_value": values.ravel()})
     exp = load_great_expectations().expectations
@@ -222,8 +225,8 @@ def _finite_check(features: pd.DataFrame) -> list[ValidationIssue]:
     for col in np.unique(cols):
         column = KPI_FEATURES[int(col)]
         at = rows[cols == col]
-        shown = [int(r) for r in at[:5]]
-        refs = _row_refs(features, shown)
+        refs = _row_refs(features, [int(r) for r in at[:5]])
+        shown = [int(r) + first_row for r in at[:5]]
         issues.append(
             ValidationIssue(
                 "infinite",
@@ -240,38 +243,60 @@ def _finite_check(features: pd.DataFrame) -> list[ValidationIssue]:
     return issues
 
 
-def drift_table(
-    features: pd.DataFrame, profile: DataProfile, settings: DataSettings
-) -> pd.DataFrame:
+@dataclass
+class DriftCounts:
+    """Per KPI: rows, values present, values outside the profile's range. Counts of the chunks
+    of a file add up to the whole file's, so its drift warnings need one chunk in memory."""
+
+    profile: DataProfile
+    rows: int = 0
+    observed: np.ndarray = field(default_factory=lambda: np.zeros(len(KPI_FEATURES), np.int64))
+    outside: np.ndarray = field(default_factory=lambda: np.zeros(len(KPI_FEATURES), np.int64))
+
+    def add(self, features: pd.DataFrame) -> None:
+        values = features[list(KPI_FEATURES)].to_numpy(dtype=np.float64)
+        present = ~np.isnan(values)
+        low = np.array([self.profile.low.get(c, np.nan) for c in KPI_FEATURES])
+        high = np.array([self.profile.high.get(c, np.nan) for c in KPI_FEATURES])
+        with np.errstate(invalid="ignore"):
+            outside = present & ((values < low) | (values > high))
+        self.rows += len(values)
+        self.observed += present.sum(axis=0)
+        self.outside += outside.sum(axis=0)
+
+    def table(self) -> pd.DataFrame:
+        """Per-feature drift statistics against the profile."""
+        rows = []
+        for j, column in enumerate(KPI_FEATURES):
+            low, high = self.profile.low.get(column), self.profile.high.get(column)
+            known = low is not None and high is not None and self.observed[j] > 0
+            rows.append(
+                {
+                    "feature": column,
+                    "outside_range_fraction": self.outside[j] / self.observed[j] if known else 0.0,
+                    "missing_fraction": 1 - self.observed[j] / self.rows if self.rows else np.nan,
+                    "allowed_missing_fraction": min(
+                        1.0, self.profile.missing_fraction[column] + 0.1
+                    ),
+                    "training_low": low,
+                    "training_high": high,
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def drift_table(features: pd.DataFrame, profile: DataProfile) -> pd.DataFrame:
     """Per-feature drift statistics of new data against the training profile."""
-    rows = []
-    for column in KPI_FEATURES:
-        values = features[column]
-        observed = values.dropna()
-        low, high = profile.low.get(column), profile.high.get(column)
-        if low is None or high is None or observed.empty:
-            outside = 0.0
-        else:
-            outside = float(((observed < low) | (observed > high)).mean())
-        rows.append(
-            {
-                "feature": column,
-                "outside_range_fraction": outside,
-                "missing_fraction": float(values.isna().mean()),
-                "allowed_missing_fraction": min(1.0, profile.missing_fraction[column] + 0.1),
-                "training_low": low,
-                "training_high": high,
-            }
-        )
-    return pd.DataFrame(rows)
+    counts = DriftCounts(profile)
+    counts.add(features)
+    return counts.table()
 
 
 def _drift_check(
-    features: pd.DataFrame, profile: DataProfile, settings: DataSettings, baseline: str
+    table: pd.DataFrame, profile: DataProfile, settings: DataSettings, baseline: str
 ) -> tuple[list[ValidationIssue], int]:
-    """GX checks over the per-feature drift table: value ranges and missing fractions against
-    the profile of ``baseline`` (named in the messages)."""
-    table = drift_table(features, profile, settings)
+    """GX checks over a per-feature drift table (:class:`DriftCounts`): value ranges and missing
+    fractions against the profile of ``baseline`` (named in the messages)."""
     exp = load_great_expectations().expectations
     results = _run_suite(
         table,
@@ -306,7 +331,24 @@ def _drift_check(
     return issues, len(KPI_FEATURES) * len(results)
 
 
-def _issue_from_result(frame: pd.DataFrame, result: Any, blocking: bool) -> ValidationIssue | None:
+def _worded(issue: ValidationIssue) -> ValidationIssue:
+    """``issue`` with its message written from its fields (text in a number column, rows
+    without any KPI value): the two findings that :class:`ChunkedValidation` adds up."""
+    at = _rows_text(issue.rows, issue.count)
+    if issue.check == "type":
+        issue.message = (
+            f"'{issue.column}' must be numeric but has text in {issue.count} row(s), e.g. "
+            f"{', '.join(repr(e) for e in issue.examples)} at {at}"
+            + (f" (sample_id {', '.join(issue.sample_ids)})" if issue.sample_ids else "")
+        )
+    elif issue.check == "empty_rows":
+        issue.message = f"{issue.count} row(s) have no KPI value at all: {at}"
+    return issue
+
+
+def _issue_from_result(
+    frame: pd.DataFrame, result: Any, blocking: bool, first_row: int = 0
+) -> ValidationIssue | None:
     if result.success:
         return None
     config = result.expectation_config
@@ -317,6 +359,7 @@ def _issue_from_result(frame: pd.DataFrame, result: Any, blocking: bool) -> Vali
     rows = [int(i) for i in (details.get("unexpected_index_list") or [])[:5]]
     count = int(details.get("unexpected_count") or len(rows))
     refs = _row_refs(frame, rows)
+    rows = [r + first_row for r in rows]
     at = _rows_text(rows, count) if rows else ""
     ids = f" (sample_id {', '.join(refs)})" if refs else ""
     if kind == "expect_table_row_count_to_be_between":
@@ -354,10 +397,13 @@ def validate_frame(
     require_label: bool,
     profile: DataProfile | None = None,
     baseline: str = "training",
+    first_row: int = 0,
 ) -> tuple[ValidationReport, pd.DataFrame]:
     """Validate incidents; return the report and the frame with numeric columns coerced.
     With a ``profile``, value ranges and missing fractions are checked against it; ``baseline``
-    names what it was learned from in the warnings ("training", or a deployment's window)."""
+    names what it was learned from in the warnings ("training", or a deployment's window).
+    ``first_row``: the position of the frame's first row in its file, for the rows named (see
+    :class:`ChunkedValidation`)."""
     report = ValidationReport(source=source, rows=len(raw), columns=raw.shape[1])
     raw = raw.reset_index(drop=True)
     raw.columns = [str(c).strip() for c in raw.columns]
@@ -378,41 +424,30 @@ def validate_frame(
     numeric_columns = [*KPI_FEATURES, LABEL] if LABEL in raw.columns else list(KPI_FEATURES)
     frame, bad_cells = coerce_numeric(raw, numeric_columns)
     for bad in bad_cells:
-        refs = _row_refs(raw, bad.rows)
-        report.issues.append(
-            ValidationIssue(
-                "type",
-                f"'{bad.column}' must be numeric but has text in {bad.count} row(s), e.g. "
-                f"{', '.join(repr(e) for e in bad.examples)} at {_rows_text(bad.rows, bad.count)}"
-                + (f" (sample_id {', '.join(refs)})" if refs else ""),
-                # Labels are not needed to diagnose: there, text in them is only a warning.
-                require_label or bad.column != LABEL,
-                bad.column,
-                bad.rows,
-                refs,
-                bad.count,
-            )
+        issue = ValidationIssue(
+            "type",
+            "",
+            # Labels are not needed to diagnose: there, text in them is only a warning.
+            require_label or bad.column != LABEL,
+            bad.column,
+            [r + first_row for r in bad.rows],
+            _row_refs(raw, bad.rows),
+            bad.count,
+            bad.examples,
         )
+        report.issues.append(_worded(issue))
     results = _run_suite(frame, _contract_expectations(require_label, settings))
     report.checks_run = len(results) + 2 * len(KPI_FEATURES)
     for result in results:
-        issue = _issue_from_result(frame, result, blocking=True)
-        if issue is not None:
-            report.issues.append(issue)
-    report.issues.extend(_finite_check(frame))
-    all_missing = frame[list(KPI_FEATURES)].isna().all(axis=1)
+        found = _issue_from_result(frame, result, blocking=True, first_row=first_row)
+        if found is not None:
+            report.issues.append(found)
+    report.issues.extend(_finite_check(frame, first_row))
+    all_missing = frame[list(KPI_FEATURES)].isna().all(axis=1).to_numpy()
     if all_missing.any():
-        rows = [int(i) for i in np.flatnonzero(all_missing.to_numpy())[:5]]
-        report.issues.append(
-            ValidationIssue(
-                "empty_rows",
-                f"{int(all_missing.sum())} row(s) have no KPI value at all: "
-                f"{_rows_text(rows, int(all_missing.sum()))}",
-                blocking=False,
-                rows=rows,
-                count=int(all_missing.sum()),
-            )
-        )
+        rows = [int(i) + first_row for i in np.flatnonzero(all_missing)[:5]]
+        empty = ValidationIssue("empty_rows", "", False, rows=rows, count=int(all_missing.sum()))
+        report.issues.append(_worded(empty))
     lookalikes = [c for c in frame.columns if c != LABEL and c.lower() == LABEL]
     if lookalikes and LABEL not in frame.columns:
         report.issues.append(
@@ -424,10 +459,91 @@ def validate_frame(
             )
         )
     if profile is not None and report.ok and len(frame):
-        drift_issues, checks = _drift_check(frame, profile, settings, baseline)
+        drift_issues, checks = _drift_check(
+            drift_table(frame, profile), profile, settings, baseline
+        )
         report.issues.extend(drift_issues)
         report.checks_run += checks
     return report, frame
+
+
+class ChunkedValidation:
+    """:func:`validate_frame` of a file to diagnose that is read in chunks, one chunk in memory.
+
+    Each chunk gets the whole contract (Great Expectations included), its rows named by their
+    place in the file. The report adds the chunks up: the same blocking problems, text in the
+    label column and rows without any KPI value counted over the file, and the range and
+    missing-value warnings checked once, on counts over all its rows: for a file in one chunk,
+    exactly what :func:`validate_frame` reports. Labels are not required (a file to train on is
+    validated whole: training needs all of it in memory anyway).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        settings: DataSettings,
+        profile: DataProfile | None = None,
+        baseline: str = "training",
+    ) -> None:
+        self.settings, self.profile, self.baseline = settings, profile, baseline
+        self.report = ValidationReport(source=source, rows=0, columns=0)
+        self.drift = DriftCounts(profile) if profile is not None else None
+        self._finished = False
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    def check(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """Validate the next chunk; return it with its numeric columns coerced. Check
+        :attr:`ok` before using it: a chunk with a blocking problem stops the file."""
+        first_row = self.report.rows
+        chunk, frame = validate_frame(
+            raw, self.report.source, self.settings, False, first_row=first_row
+        )
+        self.report.rows += chunk.rows
+        self.report.columns = chunk.columns
+        self.report.checks_run = max(self.report.checks_run, chunk.checks_run)
+        for issue in chunk.issues:
+            self._add(issue)
+        if self.drift is not None and chunk.ok:
+            self.drift.add(frame)
+        return frame
+
+    def _add(self, issue: ValidationIssue) -> None:
+        if issue.blocking:
+            self.report.issues.append(issue)
+            return
+        same = next(
+            (
+                i
+                for i in self.report.issues
+                if (i.check, i.column, i.blocking) == (issue.check, issue.column, False)
+            ),
+            None,
+        )
+        if same is None:
+            self.report.issues.append(issue)
+        elif issue.check in ("type", "empty_rows"):  # counted over the file
+            room = max(0, 5 - len(same.rows))  # rows named, and their ids if the file has any
+            same.rows += issue.rows[:room]
+            same.sample_ids += issue.sample_ids[:room]
+            same.examples += issue.examples[: max(0, 3 - len(same.examples))]
+            same.count += issue.count
+            _worded(same)
+        # any other warning (a misnamed label column) is the same in every chunk: said once
+
+    def finish(self) -> ValidationReport:
+        """The report of the whole file, with its range and missing-value warnings."""
+        if not self._finished and self.drift is not None and self.ok and self.report.rows:
+            assert self.profile is not None
+            issues, checks = _drift_check(
+                self.drift.table(), self.profile, self.settings, self.baseline
+            )
+            self.report.issues.extend(issues)
+            self.report.checks_run += checks
+        self._finished = True
+        return self.report
 
 
 def validate_file(

@@ -471,10 +471,11 @@ def create_app(
         features = pd.DataFrame(rows.features, columns=list(KPI_FEATURES))
         diagnoses = diagnoses_frame(diagnoser.probabilities(features, stats))
         diagnoses.insert(0, "sample_id", pd.Series(rows.sample_ids, dtype=object))
-        summary = jobs.diagnosis_summary(
-            diagnoses, diagnoser, features, stats, settings.web.embedding_points
-        )
         kpis_read = diagnoser.kpis_read(features)
+        sample = jobs.EmbeddingSample(settings.web.embedding_points)
+        sample.offer(features, 0)
+        unread = int((kpis_read == 0).sum())
+        summary = jobs.diagnosis_summary(diagnoses, diagnoser, stats, unread, sample)
         records = [
             {**{k: jobs.json_value(v) for k, v in record.items()}, "kpis_read": int(read)}
             for record, read in zip(
