@@ -38,7 +38,7 @@ format: setup
 	$(BIN)/ruff format src flows tests benchmarks
 	$(BIN)/ruff check --fix src flows tests benchmarks
 
-bench: setup ## benchmark tables (serving, batch scoring)
+bench: setup ## benchmark tables (serving, batch scoring, web file jobs)
 	$(BIN)/python -m benchmarks.run
 
 soak: setup ## load for minutes: 32 clients, champion swaps, zero errors expected, memory before/after

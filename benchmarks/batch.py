@@ -87,15 +87,30 @@ def _pss_mb(pid: int) -> int:
     return 0
 
 
+def _high_water_mb(pid: int) -> int:
+    """A process's peak resident set so far (VmHWM), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _run(command: list[str], env: dict[str, str]) -> tuple[float, int, int, str]:
-    """Wall seconds, peak RSS (MB) of the largest process of the tree, peak memory of the whole
-    process tree (sum of PSS, sampled every 50 ms: a child's memory counts too) and stdout."""
+    """Wall seconds, peak RSS (MB) of the command's process, peak memory of the whole process
+    tree (sum of PSS, sampled every 50 ms: a child's memory counts too) and stdout.
+
+    The peak RSS is the process's own high-water mark (VmHWM), sampled with the tree: the
+    ru_maxrss that wait4 reports starts from the size of this (parent) process at the fork."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
-        tree_peak = 0
+        tree_peak = rss_peak = 0
         while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            rss_peak = max(rss_peak, _high_water_mb(process.pid))
+            pid, status, _ = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
             tree_peak = max(tree_peak, sum(_pss_mb(p) for p in process_tree(process.pid)))
@@ -106,7 +121,7 @@ def _run(command: list[str], env: dict[str, str]) -> tuple[float, int, int, str]
         stdout, stderr = out.read().decode(), err.read().decode()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
-    return seconds, usage.ru_maxrss // 1024, tree_peak, stdout
+    return seconds, rss_peak, tree_peak, stdout
 
 
 def pandas_read(path: Path) -> dict[str, float]:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("serving", "batch")
+BENCHMARKS = ("serving", "batch", "webjob")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,8 +97,8 @@ def test_a_file_validated_in_chunks_gets_the_report_of_the_whole(frame: pd.DataF
     and the drift warnings come from all its rows, not from one chunk."""
     profile = DataProfile.learn(frame)
     incidents = frame.astype({"label": object})
-    incidents.loc[[5, 6, 300, 301, 302, 880], "label"] = "disk fault"
-    incidents.loc[[10, 450], list(KPI_FEATURES)] = np.nan
+    incidents.loc[[10, 450], list(KPI_FEATURES)] = np.nan  # the first finding is a later one's
+    incidents.loc[[135, 136, 300, 301, 302, 880], "label"] = "disk fault"
     incidents["feature12"] = incidents["feature12"] * 1e6
     incidents.loc[400:, "feature40"] = np.nan  # missing in most rows, none in the first chunks
     whole, _ = validate_frame(incidents, "f.csv", DataSettings(), False, profile, "training")
@@ -107,31 +107,48 @@ def test_a_file_validated_in_chunks_gets_the_report_of_the_whole(frame: pd.DataF
         chunked.check(chunk)
     report = chunked.finish()
     assert report.ok and whole.ok
-    by_key = {(i.check, i.column): asdict(i) for i in report.issues}
-    assert by_key == {(i.check, i.column): asdict(i) for i in whole.issues}
+    assert [asdict(i) for i in report.issues] == [asdict(i) for i in whole.issues]  # in order
     assert (report.rows, report.columns, report.checks_run) == (
         whole.rows,
         whole.columns,
         whole.checks_run,
     )
-    assert by_key[("type", "label")]["count"] == 6
-    assert by_key[("type", "label")]["rows"] == [5, 6, 300, 301, 302]
+    by_key = {(i.check, i.column): i for i in report.issues}
+    assert by_key[("type", "label")].count == 6
+    assert by_key[("type", "label")].rows == [135, 136, 300, 301, 302]
     assert ("missing_drift", "feature40") in by_key and ("drift", "feature12") in by_key
 
 
-def test_a_blocking_problem_in_a_later_chunk_is_named_by_its_row_in_the_file(
+def test_blocking_problems_in_several_chunks_are_counted_over_the_file(
     frame: pd.DataFrame,
 ) -> None:
     incidents = frame.drop(columns=["label"]).astype({"feature3": object})
-    incidents.loc[700, "feature3"] = "oops"
-    incidents.loc[720, "feature10"] = np.inf
+    incidents.loc[[150, 700], "feature3"] = "oops"
+    incidents.loc[[20, 720], "feature10"] = np.inf
     whole, _ = validate_frame(incidents, "f.csv", DataSettings(), False)
     chunked = ChunkedValidation("f.csv", DataSettings())
     for chunk in _chunks(incidents, 256):
         chunked.check(chunk)
-        if not chunked.ok:
-            break
-    assert chunked.report.rows == 768  # it stopped at the chunk with the problems
-    assert [asdict(i) for i in chunked.finish().errors] == [asdict(i) for i in whole.errors]
-    assert [i.rows for i in whole.errors] == [[700], [720]]
-    assert "row 701" in chunked.report.summary()
+    assert not chunked.ok and not chunked.unreadable
+    assert [asdict(i) for i in chunked.finish().issues] == [asdict(i) for i in whole.issues]
+    assert [(i.check, i.rows, i.count) for i in whole.errors] == [
+        ("type", [150, 700], 2),
+        ("infinite", [20, 720], 2),
+    ]
+    assert "rows 151, 701" in chunked.report.summary()
+
+
+def test_true_and_false_are_text_not_numbers(frame: pd.DataFrame) -> None:
+    """pandas reads a column of True/False as booleans; they are no KPI values, in a file read
+    whole or in chunks (where one chunk may hold nothing else)."""
+    incidents = frame.drop(columns=["label"])
+    incidents["feature5"] = incidents["feature5"] > incidents["feature5"].median()
+    whole, _ = validate_frame(incidents, "f.csv", DataSettings(), False)
+    assert [(i.check, i.column) for i in whole.errors] == [("type", "feature5")]
+    assert "'True'" in whole.errors[0].message or "'False'" in whole.errors[0].message
+
+
+def test_a_file_without_the_columns_is_unreadable_in_its_first_chunk(frame: pd.DataFrame) -> None:
+    chunked = ChunkedValidation("f.csv", DataSettings())
+    chunked.check(frame.drop(columns=["feature7"]).iloc[:100])
+    assert chunked.unreadable and "feature7" in chunked.report.summary()

@@ -278,6 +278,9 @@ def test_a_file_diagnosed_in_chunks_gets_the_results_of_one_piece(
     incidents = incidents.astype({"label": object})
     incidents.loc[[3, 250], "label"] = "Class 3"  # text in the labels of two chunks
     incidents.loc[[7, 330], list(KPI_FEATURES)] = np.nan  # rows without any KPI value
+    # Ids that are text only because of one in the third chunk: "00042" must stay "00042".
+    incidents["sample_id"] = [f"{i:05d}" for i in range(len(incidents))]
+    incidents.loc[250, "sample_id"] = "X00250"
     outputs = []
     for rows in (100, 10_000):
         store, job = _diagnose_in_chunks(tmp_path / str(rows), incidents, rows)
@@ -287,6 +290,7 @@ def test_a_file_diagnosed_in_chunks_gets_the_results_of_one_piece(
         outputs.append((result, validation, (folder / "diagnoses.csv").read_bytes()))
     (chunked, chunked_check, chunked_csv), (whole, whole_check, whole_csv) = outputs
     assert chunked_csv == whole_csv
+    assert b'\n"00042",' in whole_csv and b'\n"X00250",' in whole_csv
     for key in ("source", "deployment"):
         chunked.pop(key), whole.pop(key)
     assert chunked == whole
@@ -302,8 +306,8 @@ def test_a_bad_row_deep_in_a_file_fails_its_diagnosis_job_and_writes_nothing(
     from systemhealer.errors import DataValidationError
 
     incidents = unlabelled_frame.iloc[:500].astype({"feature3": object})
-    incidents.loc[432, "feature3"] = "n/a?"
-    with pytest.raises(DataValidationError, match=r"incidents.csv: 'feature3'.*row 433"):
+    incidents.loc[[150, 432], "feature3"] = "n/a?"
+    with pytest.raises(DataValidationError, match=r"incidents.csv: 'feature3'.*rows 151, 433"):
         _diagnose_in_chunks(tmp_path, incidents, 100)
     store = jobs.JobStore(tmp_path)
     (job,) = store.list()
@@ -311,7 +315,8 @@ def test_a_bad_row_deep_in_a_file_fails_its_diagnosis_job_and_writes_nothing(
     assert not (folder / "diagnoses.csv").exists() and not (folder / "result.json").exists()
     error = store.read(job.id, "error.json")
     assert error["validation"]["rows"] == 500 and not error["validation"]["ok"]
-    assert [i["rows"] for i in error["validation"]["issues"] if i["blocking"]] == [[432]]
+    # The chunks after the first bad one were checked too: the report is the whole file's.
+    assert [i["rows"] for i in error["validation"]["issues"] if i["blocking"]] == [[150, 432]]
 
 
 def test_a_bad_file_to_diagnose_is_refused_with_a_message(client: TestClient) -> None:

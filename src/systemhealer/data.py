@@ -118,9 +118,13 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
 
 def read_incidents_in_chunks(path: Path | str, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
     """:func:`read_incidents` ``rows`` at a time, with its checks and messages: each chunk as
-    it is (no coercion; pandas types each chunk's columns on their own) and the share of the
-    file read so far (by bytes for a CSV, so an estimate). A file without rows gives one empty
-    chunk with its columns."""
+    it is (no coercion) and the share of the file read so far (by bytes for a CSV, so an
+    estimate). A file without rows gives one empty chunk with its columns.
+
+    pandas types each chunk's columns on their own. That is harmless for the KPIs and labels
+    (validation coerces them, and True/False are text either way), not for ``sample_id``: ids
+    such as ``007`` would read as 7 in a chunk without a text id. A CSV's ids are therefore read
+    first for the whole file, as :func:`read_incidents` types them, and put into each chunk."""
     path = Path(path)
     _refuse_unreadable(path)
     try:
@@ -148,7 +152,13 @@ def _parquet_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float
 
 
 def _csv_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
-    _refuse_duplicate_names(_csv_header(path), path)
+    header = _csv_header(path)
+    _refuse_duplicate_names(header, path)
+    id_name = next((name for name in header if str(name).strip() == SAMPLE_ID), None)
+    ids = None
+    if id_name is not None:
+        ids = pd.read_csv(path, usecols=[id_name], low_memory=False).iloc[:, 0]
+    done = 0
     size = path.stat().st_size
     packed = path.name.lower().endswith(".gz")
     with (
@@ -162,6 +172,9 @@ def _csv_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
             if first:
                 _refuse_wrong_delimiter(chunk, path)
                 first = False
+            if ids is not None:
+                chunk[id_name] = ids.iloc[done : done + len(chunk)].to_numpy()
+            done += len(chunk)
             yield chunk, min(1.0, raw.tell() / size)
         if first:  # a header without rows
             empty = pd.DataFrame(columns=[str(c) for c in _csv_header(path)])
@@ -249,8 +262,9 @@ def coerce_numeric(
             continue
         values = coerced[column]
         if pd.api.types.is_bool_dtype(values):
-            values = values.astype(float)
-        if pd.api.types.is_numeric_dtype(values):
+            # True/False are not KPI values or fault classes: text, as in every other reader.
+            values = values.astype(object)
+        elif pd.api.types.is_numeric_dtype(values):
             coerced[column] = values.astype("float64")
             continue
         numbers, bad = text_to_numbers(values)

@@ -227,19 +227,7 @@ def _finite_check(features: pd.DataFrame, first_row: int = 0) -> list[Validation
         at = rows[cols == col]
         refs = _row_refs(features, [int(r) for r in at[:5]])
         shown = [int(r) + first_row for r in at[:5]]
-        issues.append(
-            ValidationIssue(
-                "infinite",
-                f"'{column}' has {len(at)} infinite value(s) at {_rows_text(shown, len(at))}"
-                + (f" (sample_id {', '.join(refs)})" if refs else "")
-                + "; use empty cells for missing values",
-                True,
-                column,
-                shown,
-                refs,
-                len(at),
-            )
-        )
+        issues.append(_worded(ValidationIssue("infinite", "", True, column, shown, refs, len(at))))
     return issues
 
 
@@ -331,19 +319,37 @@ def _drift_check(
     return issues, len(KPI_FEATURES) * len(results)
 
 
+# The findings about single rows, which :class:`ChunkedValidation` adds up over the chunks.
+_COUNTED = ("type", "infinite", "empty_rows")
+
+
 def _worded(issue: ValidationIssue) -> ValidationIssue:
-    """``issue`` with its message written from its fields (text in a number column, rows
-    without any KPI value): the two findings that :class:`ChunkedValidation` adds up."""
+    """``issue`` (one of :data:`_COUNTED`) with its message written from its fields."""
     at = _rows_text(issue.rows, issue.count)
+    ids = f" (sample_id {', '.join(issue.sample_ids)})" if issue.sample_ids else ""
     if issue.check == "type":
         issue.message = (
             f"'{issue.column}' must be numeric but has text in {issue.count} row(s), e.g. "
-            f"{', '.join(repr(e) for e in issue.examples)} at {at}"
-            + (f" (sample_id {', '.join(issue.sample_ids)})" if issue.sample_ids else "")
+            f"{', '.join(repr(e) for e in issue.examples)} at {at}{ids}"
+        )
+    elif issue.check == "infinite":
+        issue.message = (
+            f"'{issue.column}' has {issue.count} infinite value(s) at {at}{ids}; "
+            "use empty cells for missing values"
         )
     elif issue.check == "empty_rows":
         issue.message = f"{issue.count} row(s) have no KPI value at all: {at}"
     return issue
+
+
+# The order in which validate_frame reports its findings (the contract's checks between).
+_ORDER = {"schema": 0, "type": 1, "infinite": 3, "empty_rows": 4, "label_name": 5, "drift": 6}
+_COLUMNS = {name: i for i, name in enumerate([*KPI_FEATURES, LABEL])}
+
+
+def _report_order(issue: ValidationIssue) -> tuple[int, int]:
+    rank = _ORDER.get(issue.check, 7 if issue.check == "missing_drift" else 2)
+    return rank, _COLUMNS.get(issue.column or "", -1)
 
 
 def _issue_from_result(
@@ -471,11 +477,11 @@ class ChunkedValidation:
     """:func:`validate_frame` of a file to diagnose that is read in chunks, one chunk in memory.
 
     Each chunk gets the whole contract (Great Expectations included), its rows named by their
-    place in the file. The report adds the chunks up: the same blocking problems, text in the
-    label column and rows without any KPI value counted over the file, and the range and
-    missing-value warnings checked once, on counts over all its rows: for a file in one chunk,
-    exactly what :func:`validate_frame` reports. Labels are not required (a file to train on is
-    validated whole: training needs all of it in memory anyway).
+    place in the file. The report adds the chunks up: text in number columns, infinite values
+    and rows without any KPI value counted over the file, the range and missing-value warnings
+    checked once on counts over all its rows, the findings in :func:`validate_frame`'s order:
+    once every chunk is checked, what it reports for the file in one piece. Labels are not
+    required (a file to train on is validated whole: training needs all of it in memory).
     """
 
     def __init__(
@@ -494,9 +500,15 @@ class ChunkedValidation:
     def ok(self) -> bool:
         return self.report.ok
 
+    @property
+    def unreadable(self) -> bool:
+        """The columns are wrong (the same in every chunk): reading on would find no more."""
+        return any(issue.check == "schema" for issue in self.report.issues)
+
     def check(self, raw: pd.DataFrame) -> pd.DataFrame:
         """Validate the next chunk; return it with its numeric columns coerced. Check
-        :attr:`ok` before using it: a chunk with a blocking problem stops the file."""
+        :attr:`ok` before using it; after a blocking problem, checking the remaining chunks
+        completes the file's report (unless :attr:`unreadable`)."""
         first_row = self.report.rows
         chunk, frame = validate_frame(
             raw, self.report.source, self.settings, False, first_row=first_row
@@ -511,27 +523,19 @@ class ChunkedValidation:
         return frame
 
     def _add(self, issue: ValidationIssue) -> None:
-        if issue.blocking:
-            self.report.issues.append(issue)
-            return
-        same = next(
-            (
-                i
-                for i in self.report.issues
-                if (i.check, i.column, i.blocking) == (issue.check, issue.column, False)
-            ),
-            None,
-        )
+        key = (issue.check, issue.column, issue.blocking)
+        same = next((i for i in self.report.issues if (i.check, i.column, i.blocking) == key), None)
         if same is None:
             self.report.issues.append(issue)
-        elif issue.check in ("type", "empty_rows"):  # counted over the file
+            self.report.issues.sort(key=_report_order)  # stable: as validate_frame lists them
+        elif issue.check in _COUNTED:  # counted over the file
             room = max(0, 5 - len(same.rows))  # rows named, and their ids if the file has any
             same.rows += issue.rows[:room]
             same.sample_ids += issue.sample_ids[:room]
             same.examples += issue.examples[: max(0, 3 - len(same.examples))]
             same.count += issue.count
             _worded(same)
-        # any other warning (a misnamed label column) is the same in every chunk: said once
+        # any other finding (a misnamed label column) is the same in every chunk: said once
 
     def finish(self) -> ValidationReport:
         """The report of the whole file, with its range and missing-value warnings."""
