@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -155,9 +156,7 @@ def _csv_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
     header = _csv_header(path)
     _refuse_duplicate_names(header, path)
     id_name = next((name for name in header if str(name).strip() == SAMPLE_ID), None)
-    ids = None
-    if id_name is not None:
-        ids = pd.read_csv(path, usecols=[id_name], low_memory=False).iloc[:, 0]
+    ids = None if id_name is None else _whole_file_ids(path, id_name, rows)
     done = 0
     size = path.stat().st_size
     packed = path.name.lower().endswith(".gz")
@@ -180,6 +179,15 @@ def _csv_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
             empty = pd.DataFrame(columns=[str(c) for c in _csv_header(path)])
             _refuse_wrong_delimiter(empty, path)
             yield empty, 1.0
+
+
+def _whole_file_ids(path: Path, name: object, rows: int) -> pd.Series:
+    """The ``sample_id`` column typed as :func:`read_incidents` types it, without holding the
+    file (pandas would tokenize all of it to type one column): its text read in chunks, then
+    parsed again on its own."""
+    text = [c.iloc[:, 0] for c in pd.read_csv(path, usecols=[name], dtype=str, chunksize=rows)]
+    column = pd.concat(text, ignore_index=True).to_frame().to_csv(index=False)
+    return pd.read_csv(io.StringIO(column), low_memory=False).iloc[:, 0]
 
 
 def refuse_unpacked_over(path: Path | str, max_bytes: int, setting: str) -> None:
