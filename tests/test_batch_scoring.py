@@ -62,6 +62,20 @@ def bad_lines_csv(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def test_a_boolean_kpi_column_is_not_read_as_numbers(
+    champion: scoring.ScoringModel, unlabelled_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """True/False are no KPI values in a Parquet file either, as validation and the web say."""
+    frame = unlabelled_frame.head(20).assign(feature5=[True, False] * 10)
+    frame.to_parquet(tmp_path / "flags.parquet", index=False)
+    summary = scoring.stream_file(
+        tmp_path / "flags.parquet", tmp_path / "out.csv", champion, load_settings(), "skip"
+    )
+    assert summary.rows == 0 and summary.bad_rows == 20
+    reasons = pd.read_csv(scoring.bad_rows_path(tmp_path / "out.csv"))["reason"]
+    assert reasons.str.contains("'feature5' is not a number").all()
+
+
 def test_streamed_output_equals_the_one_shot_path(
     champion: scoring.ScoringModel,
     one_shot: pd.DataFrame,

@@ -40,6 +40,25 @@ def test_reads_csv_gzip_and_parquet(tmp_path: Path, small_training_frame: pd.Dat
         pd.testing.assert_frame_equal(_in_chunks(tmp_path / name), from_csv, check_dtype=False)
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["007", "008", "X9", "010"],  # text only because of a later chunk: 007 stays 007
+        ["1", '"a\rb"', "3", "4"],  # a bare CR inside a quoted id
+        ["1", '"   "', "3", "4"],  # an id of spaces
+        ["1", "", "3", "123456789012345678901234"],
+    ],
+    ids=["zero-padded", "carriage-return", "spaces", "gap-and-huge"],
+)
+def test_ids_read_in_chunks_are_typed_as_in_one_piece(tmp_path: Path, ids: list[str]) -> None:
+    path = tmp_path / "ids.csv"
+    rows = [f"{i},{n}.5" for n, i in enumerate(ids)]
+    path.write_bytes(("sample_id,feature0\n" + "\n".join(rows) + "\n").encode())
+    whole = read_incidents(path)["sample_id"]
+    chunked = _in_chunks(path, rows=2)["sample_id"]
+    pd.testing.assert_series_equal(chunked, whole, check_dtype=False)
+
+
 def test_reading_in_chunks_keeps_a_header_without_rows_and_names_a_broken_row(
     tmp_path: Path, small_training_frame: pd.DataFrame
 ) -> None:

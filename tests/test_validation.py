@@ -148,7 +148,14 @@ def test_true_and_false_are_text_not_numbers(frame: pd.DataFrame) -> None:
     assert "'True'" in whole.errors[0].message or "'False'" in whole.errors[0].message
 
 
-def test_a_file_without_the_columns_is_unreadable_in_its_first_chunk(frame: pd.DataFrame) -> None:
+def test_a_file_without_the_columns_is_refused_once_and_counted_to_its_end(
+    frame: pd.DataFrame,
+) -> None:
+    incidents = frame.drop(columns=["feature7"])
+    whole, _ = validate_frame(incidents, "f.csv", DataSettings(), False)
     chunked = ChunkedValidation("f.csv", DataSettings())
-    chunked.check(frame.drop(columns=["feature7"]).iloc[:100])
+    for chunk in _chunks(incidents, 100):
+        chunked.check(chunk)
     assert chunked.unreadable and "feature7" in chunked.report.summary()
+    assert [asdict(i) for i in chunked.finish().issues] == [asdict(i) for i in whole.issues]
+    assert chunked.report.rows == whole.rows == len(incidents)

@@ -277,6 +277,8 @@ def test_a_file_diagnosed_in_chunks_gets_the_results_of_one_piece(
     incidents = training_frame.groupby("label").head(60).reset_index(drop=True)
     incidents = incidents.astype({"label": object})
     incidents.loc[[3, 250], "label"] = "Class 3"  # text in the labels of two chunks
+    # A chunk of nothing but True/False labels (pandas reads it as booleans): text, not 1/0.
+    incidents.loc[100:199, "label"] = [True, False] * 50
     incidents.loc[[7, 330], list(KPI_FEATURES)] = np.nan  # rows without any KPI value
     # Ids that are text only because of one in the third chunk: "00042" must stay "00042".
     incidents["sample_id"] = [f"{i:05d}" for i in range(len(incidents))]
@@ -295,7 +297,7 @@ def test_a_file_diagnosed_in_chunks_gets_the_results_of_one_piece(
         chunked.pop(key), whole.pop(key)
     assert chunked == whole
     assert whole["rows"] == 360 and whole["unread"] == 2 and len(whole["embedding"]["x"]) == 40
-    assert whole["label_scores"]["unusable"] == {"bad": 2, "rows": 360}
+    assert whole["label_scores"]["unusable"] == {"bad": 102, "rows": 360}
     assert chunked_check == whole_check
     assert {i["check"] for i in whole_check["issues"]} >= {"type", "empty_rows"}
 

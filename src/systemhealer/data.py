@@ -9,6 +9,7 @@ import io
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from csv import QUOTE_ALL
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,7 +187,8 @@ def _whole_file_ids(path: Path, name: object, rows: int) -> pd.Series:
     file (pandas would tokenize all of it to type one column): its text read in chunks, then
     parsed again on its own."""
     text = [c.iloc[:, 0] for c in pd.read_csv(path, usecols=[name], dtype=str, chunksize=rows)]
-    column = pd.concat(text, ignore_index=True).to_frame().to_csv(index=False)
+    # Every cell quoted: an id of spaces or with a bare CR must stay one row.
+    column = pd.concat(text, ignore_index=True).to_frame().to_csv(index=False, quoting=QUOTE_ALL)
     return pd.read_csv(io.StringIO(column), low_memory=False).iloc[:, 0]
 
 

@@ -752,9 +752,8 @@ class DiagnosisExecutor:
                     raise JobCancelledError("cancelled")
                 first_row = validation.report.rows
                 frame = validation.check(raw)
-                if validation.unreadable:
-                    break
                 if not validation.ok:  # the rest is only checked, for the file's whole report
+                    _release_chunk()
                     report(stage="validating", rows_done=validation.report.rows)
                     continue
                 diagnosed = diagnose_frame(diagnoser, frame, stats, first_row)
@@ -765,7 +764,10 @@ class DiagnosisExecutor:
                 # written (validation turned text in them to missing values).
                 labelled = label_columns(raw.columns)
                 if labelled:
-                    labels.append(raw[labelled[0]].reset_index(drop=True))
+                    written = raw[labelled[0]].reset_index(drop=True)
+                    if pd.api.types.is_bool_dtype(written):  # True/False are no fault classes
+                        written = written.astype(str)
+                    labels.append(written)
                 _release_chunk()
                 done = validation.report.rows
                 report(

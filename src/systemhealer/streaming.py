@@ -488,12 +488,8 @@ class ParquetSource:
 
 
 def _numeric(kind: pa.DataType) -> bool:
-    return (
-        pa.types.is_floating(kind)
-        or pa.types.is_integer(kind)
-        or pa.types.is_boolean(kind)
-        or pa.types.is_null(kind)
-    )
+    """Numbers (or no value at all); booleans are not KPI values (see ``coerce_numeric``)."""
+    return pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_null(kind)
 
 
 IncidentSource = CsvSource | ParquetSource

@@ -502,13 +502,16 @@ class ChunkedValidation:
 
     @property
     def unreadable(self) -> bool:
-        """The columns are wrong (the same in every chunk): reading on would find no more."""
+        """The columns are wrong (the same in every chunk): later chunks are only counted."""
         return any(issue.check == "schema" for issue in self.report.issues)
 
     def check(self, raw: pd.DataFrame) -> pd.DataFrame:
         """Validate the next chunk; return it with its numeric columns coerced. Check
         :attr:`ok` before using it; after a blocking problem, checking the remaining chunks
-        completes the file's report (unless :attr:`unreadable`)."""
+        completes the file's report."""
+        if self.unreadable:  # counted only: the report says how many rows the file has
+            self.report.rows += len(raw)
+            return raw
         first_row = self.report.rows
         chunk, frame = validate_frame(
             raw, self.report.source, self.settings, False, first_row=first_row
