@@ -177,7 +177,7 @@ def _csv_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
             done += len(chunk)
             yield chunk, min(1.0, raw.tell() / size)
         if first:  # a header without rows
-            empty = pd.DataFrame(columns=[str(c) for c in _csv_header(path)])
+            empty = pd.DataFrame(columns=[str(c) for c in header])
             _refuse_wrong_delimiter(empty, path)
             yield empty, 1.0
 

@@ -108,7 +108,10 @@ def scores_against_labels(labels: pd.Series, predicted: np.ndarray) -> dict[str,
     """When a file handed in for diagnosis carries a ``label`` column: how the diagnoses compare
     with it (``report``), or how many labels are not fault classes (``unusable``: ``bad`` of
     ``rows``), in which case nothing is scored. None when the column holds no label at all."""
-    values = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=np.float64)
+    from systemhealer.data import coerce_numeric  # the contract's reading: True/False are text
+
+    column = labels.rename("label").to_frame()
+    values = coerce_numeric(column, ["label"])[0]["label"].to_numpy(dtype=np.float64)
     if labels.isna().all():
         return None
     known = np.isin(values, FAULT_CLASSES)

@@ -764,17 +764,11 @@ class DiagnosisExecutor:
                 # written (validation turned text in them to missing values).
                 labelled = label_columns(raw.columns)
                 if labelled:
-                    written = raw[labelled[0]].reset_index(drop=True)
-                    if pd.api.types.is_bool_dtype(written):  # True/False are no fault classes
-                        written = written.astype(str)
-                    labels.append(written)
+                    labels.append(raw[labelled[0]].reset_index(drop=True))
                 _release_chunk()
                 done = validation.report.rows
-                report(
-                    stage="diagnosing",
-                    rows_done=done,
-                    rows=done if share >= 1 else max(done, round(done / max(share, 1e-9))),
-                )
+                # The total is estimated from the share of the file read (exact at the end).
+                report(stage="diagnosing", rows_done=done, rows=max(done, round(done / share)))
         except DataValidationError as exc:  # unreadable: named by the file the user sent
             raise DataValidationError(
                 str(exc).replace(str(folder / job.input_file), job.source)
