@@ -214,7 +214,7 @@ def predict(
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Diagnose every incident of a file, chunk by chunk, with the champion (or ``--model-uri``)."""
+    """Diagnose every incident of a file, chunk by chunk, with the champion (or --model-uri)."""
     from systemhealer import scoring
 
     settings = _settings(config)
