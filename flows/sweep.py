@@ -11,12 +11,13 @@ from prefect.artifacts import create_markdown_artifact
 
 from systemhealer import pipeline, tracking
 from systemhealer.config import Settings, load_settings
+from systemhealer.locks import training_lock
 from systemhealer.sweep import (
-    DEFAULT_CANDIDATES,
     GBT_BASELINE,
     Candidate,
     TreeDiagnoser,
     best_candidate,
+    choose_candidates,
     results_table,
     with_overrides,
 )
@@ -34,11 +35,16 @@ def validate(path: str, settings: Settings):  # type: ignore[no-untyped-def]
 
 @task(name="candidate")
 def run_candidate(
-    frame, candidate: Candidate, base: Settings, source: str, sweep_id: str
+    frame,
+    candidate: Candidate,
+    base: Settings,
+    source: str,
+    sweep_id: str,
+    lock_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Train and score one candidate as its own MLflow run (the model is logged, not registered)."""
     settings = with_overrides(base, candidate.overrides)
-    tags = {"sweep": sweep_id, "candidate": candidate.name}
+    tags = {"sweep": sweep_id, "candidate": candidate.name, **(lock_tags or {})}
     with tracking.training_run(settings, run_name=f"sweep-{candidate.name}", tags=tags) as run_id:
         tracking.log_params(
             {
@@ -84,13 +90,22 @@ def sweep_flow(
 ) -> dict[str, Any]:
     """Try candidate configurations on one labelled file; register the best MLP behind the gate."""
     base = load_settings(config_file)
-    chosen = [c for c in DEFAULT_CANDIDATES if candidates is None or c.name in candidates]
+    chosen = choose_candidates(candidates)
     frame = validate(path, base)
+    # Like every training: one at a time per state folder (the gate below reads and moves the
+    # champion alias), and runs of a killed sweep are marked FAILED by the next training.
+    with training_lock(base) as lock_tags:
+        return _sweep(frame, chosen, base, path, lock_tags)
+
+
+def _sweep(
+    frame, chosen: list[Candidate], base: Settings, path: str, lock_tags: dict[str, str]
+) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     sweep_id = f"sweep-{int(time.time())}"
     results = []
     for candidate in chosen:
         try:
-            results.append(run_candidate(frame, candidate, base, path, sweep_id))
+            results.append(run_candidate(frame, candidate, base, path, sweep_id, lock_tags))
         except Exception as exc:  # one failed candidate must not sink the sweep
             results.append({"candidate": candidate.name, "error": f"{type(exc).__name__}: {exc}"})
     best = best_candidate(results)

@@ -13,6 +13,8 @@ import pytest
 from systemhealer import assessment, deployments, tracking
 from systemhealer.config import load_settings
 from systemhealer.data import KPI_FEATURES
+from systemhealer.errors import ConfigError
+from systemhealer.locks import RUN_LOCK_TAG, TRAINING, lock_tag, state_lock
 from systemhealer.shift import apply_shift, random_shift
 
 from .test_cli import run_cli
@@ -438,6 +440,29 @@ def test_sweep_registers_its_best_mlp(
         assert metrics["shift_score"] == pytest.approx(
             np.mean([metrics[f"shift_{s}macro_f1"] for s in ("", "skewed_", "swapped_", "noisy_")])
         )
+        # Taken under the training lock, like every training: a killed sweep's runs are
+        # marked FAILED by the next training, and the gate never races another one.
+        tags = tracking.configure(settings).get_run(r["run_id"]).data.tags
+        assert tags[RUN_LOCK_TAG] == lock_tag(state_lock(settings, TRAINING))
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["mlp-defualt"], "unknown sweep candidate(s) mlp-defualt; known: mlp-default,"),
+        (["gbt-baseline"], "needs at least one MLP candidate"),
+    ],
+)
+def test_sweep_refuses_bad_candidate_names_before_any_work(
+    prefect_harness, small_training_csv: Path, tmp_path: Path, monkeypatch, names, message
+) -> None:
+    from flows.sweep import sweep_flow
+
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "state"))
+    with pytest.raises(ConfigError) as refused:
+        sweep_flow(str(small_training_csv), candidates=names)
+    assert message in str(refused.value)
+    assert not (tmp_path / "state" / "mlflow.db").exists()
 
 
 def test_crossval_reports_every_simulation_and_the_shift_score(

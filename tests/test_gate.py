@@ -62,3 +62,44 @@ def test_worse_model_does_not_take_the_alias(
     assert tracking.champion_history(settings)[-1] == first["model_version"]
     with pytest.raises(ModelNotFoundError, match="nothing to roll back"):
         tracking.rollback_champion(settings)
+
+
+def _damage_network(settings, version: str) -> None:  # type: ignore[no-untyped-def]
+    """Truncate a registered version's network weights, as a full disk or a bad copy would."""
+    model_id = tracking.get_version(settings, version).source.removeprefix("models:/")
+    (weights,) = (settings.artifact_root / "models" / model_id).rglob("network.pt")
+    weights.write_bytes(weights.read_bytes()[:100])
+
+
+def test_a_damaged_model_is_named_and_never_made_champion(
+    prefect_harness,
+    small_training_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.training import training_flow
+
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "state"))
+    first = training_flow(str(small_training_csv), show_progress=False)["model_version"]
+    settings = load_settings()
+    _damage_network(settings, first)
+    with pytest.raises(ModelNotFoundError, match="cannot be loaded, its files are missing or"):
+        tracking.load_diagnoser(settings)
+    code, _, err = run_cli(
+        ["predict", str(small_training_csv), "-o", str(tmp_path / "out.csv")], capsys, monkeypatch
+    )
+    assert code == 3 and "damaged" in err and not (tmp_path / "out.csv").exists()
+
+    # Training goes on: the gate replaces a champion it cannot load.
+    second = training_flow(str(small_training_csv), show_progress=False)
+    assert second["promoted"] and "cannot be loaded" in second["gate_reason"]
+    # The damaged version never gets the alias back, by hand or by rollback.
+    with pytest.raises(ModelNotFoundError, match="damaged"):
+        tracking.set_champion(settings, first)
+    with pytest.raises(ModelNotFoundError, match="damaged"):
+        tracking.rollback_champion(settings)
+    assert tracking.champion(settings).version == second["model_version"]
+    code, _, err = run_cli(["promote", first], capsys, monkeypatch)
+    assert code == 3 and "damaged" in err
+    assert tracking.champion(settings).version == second["model_version"]

@@ -302,7 +302,10 @@ def sweep(
         Path, typer.Argument(metavar="PATH", help="Labelled CSV or Parquet file of incidents.")
     ],
     candidates: Annotated[
-        str | None, typer.Option(help="Comma-separated candidate names (default: all).")
+        str | None,
+        typer.Option(
+            help="Comma-separated candidate names (default: all; an unknown name is refused with the list)."
+        ),
     ] = None,
     config: ConfigOption = None,
 ) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from systemhealer.config import FAULT_CLASSES, Settings
 from systemhealer.diagnoser import diagnoses_frame, read_at_class_mix
+from systemhealer.errors import ConfigError, TrainingError
 from systemhealer.features import DeploymentStats, KpiPreprocessor
 from systemhealer.label_shift import class_response, correct_probabilities
 
@@ -45,6 +46,23 @@ DEFAULT_CANDIDATES: tuple[Candidate, ...] = (
     Candidate("mlp-top30-features", {"preprocessing.select_top_k": 30}),
     Candidate(GBT_BASELINE),
 )
+
+
+def choose_candidates(names: list[str] | None) -> list[Candidate]:
+    """The candidates named (all of them for None), in the sweep's order; unknown names, or a
+    list without an MLP (the baseline is never registered), are a ConfigError naming them."""
+    known = [c.name for c in DEFAULT_CANDIDATES]
+    unknown = [name for name in names or [] if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown sweep candidate(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    chosen = [c for c in DEFAULT_CANDIDATES if names is None or c.name in names]
+    if all(c.name == GBT_BASELINE for c in chosen):
+        raise ConfigError(
+            f"the sweep needs at least one MLP candidate ({GBT_BASELINE} is never registered)"
+        )
+    return chosen
 
 
 def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
@@ -117,7 +135,8 @@ def best_candidate(results: list[dict[str, Any]]) -> dict[str, Any]:
     score, dominated by the training file's majority class, still has its say at the gate."""
     mlps = [r for r in results if r["candidate"] != GBT_BASELINE and "error" not in r]
     if not mlps:
-        raise ValueError("no MLP candidate finished")
+        failed = "; ".join(f"{r['candidate']}: {r['error']}" for r in results if "error" in r)
+        raise TrainingError(f"no MLP candidate finished ({failed})")
     return max(mlps, key=lambda r: (r["shift_score"], r["eval_macro_f1"]))
 
 

@@ -26,7 +26,7 @@ from mlflow.types import ColSpec, Schema
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES, PROBA_COLUMNS
 from systemhealer.diagnoser import FaultDiagnoser
-from systemhealer.errors import ModelNotFoundError
+from systemhealer.errors import ModelNotFoundError, SystemHealerError
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,9 @@ def set_champion(settings: Settings, version: str, record: bool = True) -> str:
     client = configure(settings)
     name = settings.registry.model_name
     version = get_version(settings, version).version  # the registry's spelling: "01" → "1"
+    # Never hand the alias to a model that cannot be loaded: the service, predict, validate
+    # and every later gate would fail on it (ModelNotFoundError names what is damaged).
+    load_diagnoser(settings, version_uri(settings, version))
     client.set_registered_model_alias(name, settings.registry.champion_alias, version)
     if record:
         history = [*champion_history(settings), version][-50:]
@@ -286,6 +289,8 @@ def rollback_champion(settings: Settings) -> tuple[str, str]:
             f"version {current.version} is the first champion; nothing to roll back to"
         )
     target = history[-1]
+    get_version(settings, target)  # deleted meanwhile (MLflow UI)? say so, exit 3
+    load_diagnoser(settings, version_uri(settings, target))  # and loadable
     client.set_registered_model_alias(
         settings.registry.model_name, settings.registry.champion_alias, target
     )
@@ -327,11 +332,20 @@ def load_diagnoser(
     """Load the diagnoser behind a model URI (default: the champion), without pyfunc overhead."""
     uri, version = resolve_uri(settings, model_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = download_model(settings, uri, Path(tmp))
-        diagnoser_dir = folder / "artifacts" / "diagnoser"
-        if not diagnoser_dir.exists():
-            raise ModelNotFoundError(f"{uri} is not a SystemHealer fault-diagnosis model")
-        return FaultDiagnoser.load(diagnoser_dir), version
+        try:
+            folder = download_model(settings, uri, Path(tmp))
+            diagnoser_dir = folder / "artifacts" / "diagnoser"
+            if not diagnoser_dir.exists():
+                raise ModelNotFoundError(f"{uri} is not a SystemHealer fault-diagnosis model")
+            return FaultDiagnoser.load(diagnoser_dir), version
+        except SystemHealerError:
+            raise
+        except Exception as exc:  # missing, truncated or corrupt files: MLflow, torch, JSON, EOF
+            detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+            raise ModelNotFoundError(
+                f"{uri} cannot be loaded, its files are missing or damaged "
+                f"({type(exc).__name__}: {detail})"
+            ) from exc
 
 
 def run_metrics(settings: Settings, run_id: str) -> dict[str, float]:
