@@ -313,3 +313,40 @@ def test_dask_local_cluster_scores_like_one_process(
         pd.read_csv(tmp_path / "dask.csv"), pd.read_csv(tmp_path / "single.csv"), exact=False
     )
     assert json.loads(json.dumps(summary.to_dict()))["rows"] == len(unlabelled_frame)
+
+
+@pytest.mark.parametrize(
+    ("late_id", "kind"),
+    [("INC-650", "text"), ("12345678901234567890", "beyond int64"), ("650.5", "fractional")],
+)
+def test_ids_are_typed_over_the_whole_file_whole_or_in_partitions(
+    champion: scoring.ScoringModel,
+    unlabelled_frame: pd.DataFrame,
+    tmp_path: Path,
+    late_id: str,
+    kind: str,
+) -> None:
+    """Chunks typed on their own disagree when a later chunk holds another kind of id: the
+    file's whole id column decides, as pandas.read_csv decides it, so ids come back as read."""
+    settings = load_settings()
+    frame = unlabelled_frame.head(900).copy()
+    frame[SAMPLE_ID] = frame[SAMPLE_ID].astype(str)
+    frame.loc[650, SAMPLE_ID] = late_id
+    source = tmp_path / "incidents.csv"
+    frame.to_csv(source, index=False)
+    expected = pd.read_csv(source, usecols=[SAMPLE_ID])[SAMPLE_ID].tolist()
+
+    scoring.stream_file(source, tmp_path / "streamed.csv", champion, settings, chunk_rows=200)
+    streamed = pd.read_csv(tmp_path / "streamed.csv")
+    assert streamed[SAMPLE_ID].tolist() == expected, kind
+
+    partitions = scoring.plan_partitions(source, 3, min_bytes=1)
+    assert len(partitions) == 3 and len({p.id_type for p in partitions}) == 1
+    staging = tmp_path / "parts"
+    staging.mkdir()
+    parts = [
+        scoring.score_partition(p, staging, champion, settings, chunk_rows=200) for p in partitions
+    ]
+    scoring.merge_partitions(source, tmp_path / "merged.csv", parts, champion)
+    merged = pd.read_csv(tmp_path / "merged.csv")
+    assert merged[SAMPLE_ID].tolist() == expected, kind

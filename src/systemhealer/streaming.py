@@ -73,6 +73,9 @@ class Partition:
     start: int = 0
     stop: int | None = None
     first_row: int | None = 0
+    # CSV: the type of the whole file's sample_id column (pyarrow's name, e.g. "int64",
+    # "string"), measured once when the file is split, so every partition writes ids alike.
+    id_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,13 +213,59 @@ class CsvSource:
     def _open(self) -> _Stream:
         return _Stream(self.path, self.codec)
 
+    def id_type(self) -> pa.DataType | None:
+        """The type of the whole file's ``sample_id`` column, as pandas.read_csv types it:
+        int64, else uint64, else float64 (unless every id is an integer), else text. Blocks
+        typed on their own disagree (ids 1, 2, … then ``INC-7``), and the output's id column is
+        fixed by its first block. One pass over the file reading the id column only; a file
+        that cannot be read so is left to the blocks' parser to report (None)."""
+        if SAMPLE_ID not in self.include:
+            return None
+        if not hasattr(self, "_id_type"):
+            try:
+                self._id_type: pa.DataType | None = self._scan_id_type()
+            except (OSError, pa.ArrowException):
+                self._id_type = None
+        return self._id_type
+
+    def _scan_id_type(self) -> pa.DataType:
+        kinds = [pa.int64(), pa.uint64(), pa.float64()]
+        integral = True
+        reader = pacsv.open_csv(
+            pa.input_stream(str(self.path), compression=self.codec),
+            read_options=pacsv.ReadOptions(column_names=self.columns, skip_rows=1),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda _: "skip"),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=[SAMPLE_ID],
+                column_types={SAMPLE_ID: pa.string()},
+                null_values=list(NA_VALUES),
+                strings_can_be_null=True,
+            ),
+        )
+        for batch in reader:
+            ids = batch.column(0).drop_null()
+            if integral and len(ids):
+                integral = bool(pc.all(pc.match_substring_regex(ids, r"^[+-]?[0-9]+$")).as_py())
+            while kinds:
+                try:
+                    pc.cast(ids, kinds[0])
+                    break
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    kinds.pop(0)
+            if not kinds:
+                return pa.string()
+        if kinds[0] == pa.float64() and integral:
+            return pa.string()  # integers beyond uint64: text, as pandas reads them
+        return kinds[0]
+
     def partitions(self, count: int, min_bytes: int = 1 << 20) -> list[Partition]:
         """Split into about ``count`` byte ranges of at least ``min_bytes``, cut at row ends
         (a compressed file is one partition)."""
         data_bytes = self.size - self.header_bytes
         count = min(count, max(1, data_bytes // max(min_bytes, 1)))
+        id_type = None if (kind := self.id_type()) is None else str(kind)
         if self.codec is not None or count <= 1:
-            return [Partition(str(self.path))]
+            return [Partition(str(self.path), id_type=id_type)]
         targets = [self.header_bytes + data_bytes * k // count for k in range(1, count)]
         cuts: list[int] = []
         quoted = False
@@ -244,6 +293,7 @@ class CsvSource:
                 start=0 if i == 0 else int(bounds[i]),  # type: ignore[arg-type]
                 stop=bounds[i + 1],
                 first_row=0 if i == 0 else None,
+                id_type=id_type,
             )
             for i in range(len(bounds) - 1)
         ]
@@ -253,6 +303,9 @@ class CsvSource:
         start = partition.start if partition else 0
         stop = partition.stop if partition else None
         parser = _BlockParser(self.columns, self.include)
+        # The whole file's id type: every block (and partition) writes its ids alike.
+        known = partition.id_type if partition else None
+        parser.id_type = pa.type_for_alias(known) if known else self.id_type()
         position = 0
         clock = time.perf_counter()
         for block, progress in self._blocks(chunk_rows, start, stop):
