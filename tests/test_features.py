@@ -135,6 +135,15 @@ def test_em_recovers_a_class_mix() -> None:
     assert (corrected.argmax(1) == labels).mean() > (probabilities.argmax(1) == labels).mean()
 
 
+def test_em_reads_past_rows_without_evidence() -> None:
+    """A row of NaN or of zeros says nothing about the mix; it must not make every share NaN."""
+    probabilities = np.tile([0.6, 0.1, 0.1, 0.1, 0.05, 0.05], (20, 1))
+    probabilities[0], probabilities[1] = np.nan, 0.0
+    estimate = estimate_class_mix(probabilities)
+    assert np.isfinite(estimate).all() and abs(estimate.sum() - 1.0) < 1e-9
+    assert np.allclose(estimate_class_mix(probabilities[:2]), 1 / 6)  # none usable: the prior
+
+
 def test_resample_class_mix_follows_the_mix() -> None:
     labels = np.repeat(np.arange(6), [500, 100, 100, 100, 100, 100])
     rows = resample_class_mix(labels, np.random.default_rng(0), np.full(6, 1 / 6))

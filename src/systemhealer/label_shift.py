@@ -22,11 +22,17 @@ def estimate_class_mix(
         np.full(k, 1.0 / k) if source_prior is None else np.asarray(source_prior, dtype=np.float64)
     )
     target = source.copy()
+    # Rows that say nothing (NaN, or no mass at all) would turn every share into NaN.
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    usable = np.isfinite(probabilities).all(axis=1) & (probabilities.sum(axis=1) > 0)
+    probabilities = probabilities[usable]
     if len(probabilities) == 0:
         return target
     for _ in range(iterations):
         weighted = probabilities * (target / source)
-        weighted /= weighted.sum(axis=1, keepdims=True)
+        total = weighted.sum(axis=1, keepdims=True)
+        # A row whose classes all reached share 0 keeps its own posterior.
+        weighted = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), probabilities)
         updated = weighted.mean(axis=0)
         converged = np.abs(updated - target).max() < tol
         target = updated
