@@ -485,6 +485,14 @@ def test_registering_a_deployment_reports_its_estimated_class_mix(
     ).json()
     assert not answer["ok"] and "KPI columns the model reads" in answer["error"]
     assert "site-blind" not in {d["name"] for d in client.get("/ui/api/deployments").json()}
+    # A window's labels are never read, text ones included (no warning about them either).
+    labelled = unlabelled_frame.iloc[:400].assign(label="disk full")
+    answer = client.post(
+        "/ui/api/deployments",
+        data={"name": "site-labelled"},
+        files={"file": ("labelled.csv", labelled.to_csv(index=False).encode(), "text/csv")},
+    ).json()
+    assert answer["ok"] and not any("label" in w for w in answer["warnings"]), answer
 
 
 def test_a_deployment_s_file_is_checked_against_its_window_not_the_training_data(

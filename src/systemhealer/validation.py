@@ -22,7 +22,9 @@ from systemhealer.data import (
     KPI_FEATURES,
     LABEL,
     SAMPLE_ID,
+    clipped,
     coerce_numeric,
+    label_columns,
     missing_columns,
     read_incidents,
 )
@@ -142,7 +144,7 @@ class DataProfile:
 def _row_refs(frame: pd.DataFrame, rows: list[int]) -> list[str]:
     if SAMPLE_ID not in frame.columns:
         return []
-    return [str(frame[SAMPLE_ID].iloc[r]) for r in rows if r < len(frame)]
+    return [clipped(frame[SAMPLE_ID].iloc[r]) for r in rows if r < len(frame)]
 
 
 def _rows_text(rows: list[int], count: int) -> str:
@@ -417,7 +419,7 @@ def validate_frame(
     if absent:
         shown = ", ".join(absent[:8]) + (f" … ({len(absent)} in all)" if len(absent) > 8 else "")
         extra = [c for c in raw.columns if c not in (*KPI_FEATURES, LABEL, SAMPLE_ID)]
-        hint = f"; unexpected columns: {', '.join(extra[:5])}" if extra else ""
+        hint = f"; unexpected columns: {', '.join(map(clipped, extra[:5]))}" if extra else ""
         report.issues.append(ValidationIssue("schema", f"missing columns: {shown}{hint}", True))
         report.checks_run = 1
         return report, raw
@@ -558,14 +560,18 @@ def validate_file(
     settings: DataSettings,
     require_label: bool,
     profile: DataProfile | None = None,
+    drop_labels: bool = False,
 ) -> tuple[ValidationReport, pd.DataFrame]:
-    """Read and validate a file; unreadable files give a report with one blocking issue."""
+    """Read and validate a file; unreadable files give a report with one blocking issue.
+    ``drop_labels``: label columns are dropped unread (a calibration window's)."""
     try:
         raw = read_incidents(path)
     except DataValidationError as exc:
         report = ValidationReport(source=str(path), rows=0, columns=0, checks_run=1)
         report.issues.append(ValidationIssue("readable", str(exc).split(": ", 1)[-1], True))
         return report, pd.DataFrame()
+    if drop_labels:
+        raw = raw.drop(columns=label_columns(raw.columns))
     return validate_frame(raw, str(path), settings, require_label, profile)
 
 

@@ -650,7 +650,9 @@ def create_app(
             try:
                 check_name(name)
                 _refuse_bombs(path, shown)
-                report, frame = validate_file(path, settings.data, require_label=False)
+                report, frame = validate_file(
+                    path, settings.data, require_label=False, drop_labels=True
+                )  # never sees labels
                 report.source = shown
                 for issue in report.issues:
                     issue.message = issue.message.replace(str(path), shown)
