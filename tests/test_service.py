@@ -186,6 +186,8 @@ def test_health_metrics_and_docs(served: Served, http) -> None:
     docs = http.get(f"{served.url}/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text
     assert "googletagmanager" not in docs.text and "https://" not in docs.text
+    # BentoML's description of the service embeds badges from other hosts: never fetched.
+    assert "default-src 'self'" in docs.headers["content-security-policy"]
     assert http.get(f"{served.url}/static_content/swagger-ui-bundle.js").status_code == 200
     spec = http.get(f"{served.url}/docs.json").json()
     for path in ("/predict", "/predict_batch", "/predict_csv", "/model_info"):

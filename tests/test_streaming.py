@@ -191,6 +191,18 @@ def test_unusable_files_are_refused_before_reading(
         open_source(path)
 
 
+def test_a_file_without_line_breaks_is_refused_in_a_few_words(tmp_path: Path) -> None:
+    path = tmp_path / "one-line.csv"
+    path.write_bytes(b"a" * 300_000)  # one field longer than the csv module's limit
+    with pytest.raises(DataValidationError, match="is this a CSV file") as refused:
+        open_source(path)
+    assert len(str(refused.value)) < 300
+    path.write_bytes(b"sample_id," + b"b" * 100_000 + b"\n")
+    with pytest.raises(DataValidationError, match="unexpected columns: bbb") as refused:
+        open_source(path)
+    assert len(str(refused.value)) < 1000
+
+
 def test_duplicate_columns_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "twice.csv"
     path.write_text(",".join([*KPI_FEATURES, "feature3"]) + "\n")

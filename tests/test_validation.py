@@ -159,3 +159,17 @@ def test_a_file_without_the_columns_is_refused_once_and_counted_to_its_end(
     assert chunked.unreadable and "feature7" in chunked.report.summary()
     assert [asdict(i) for i in chunked.finish().issues] == [asdict(i) for i in whole.issues]
     assert chunked.report.rows == whole.rows == len(incidents)
+
+
+def test_names_and_ids_from_the_file_are_cut_short_in_messages(frame: pd.DataFrame) -> None:
+    """A file without line breaks is one huge column name; an id can be megabytes: the
+    messages name them in 40 characters, not by echoing the file back."""
+    report = check(frame.drop(columns=["feature20"]).assign(**{"a" * 100_000: 1.0}))
+    (schema,) = report.errors
+    assert "unexpected columns: aaa" in schema.message and len(schema.message) < 300
+    bad = frame.copy()
+    bad["sample_id"] = bad["sample_id"].astype(object)
+    bad.loc[7, "sample_id"] = "1" * 100_000
+    bad.loc[7, "feature10"] = np.inf
+    (infinite,) = check(bad).errors
+    assert infinite.rows == [7] and "1111…" in infinite.message and len(infinite.message) < 300

@@ -188,6 +188,15 @@ def test_train_two_models_in_the_browser(
     page.locator("#validation-report .alert.ok").wait_for()
     assert page.locator("#upload-class-mix rect.bar").count() == 6
     web.shot("train-validated")
+    # A file the page refuses itself replaces that upload: nothing is left on offer to train.
+    page.set_input_files(
+        "#train-file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}]
+    )
+    page.locator("#train-upload-status .alert.error").wait_for()
+    assert page.locator("#start-training").is_disabled()
+    assert page.locator("#validation-report .alert.ok").count() == 0
+    page.set_input_files("#train-file", str(small_training_csv))
+    page.locator("#validation-report .alert.ok").wait_for()
     page.click("#start-training")
     page.locator("#job-status .badge").wait_for()
 
@@ -337,6 +346,19 @@ def test_diagnose_a_file_and_one_incident(
     warning.wait_for()
     assert "1 of 1 incidents have no value" in warning.inner_text()
     assert "Read 0 of the" in page.locator("[data-testid=kpis-read]").inner_text()
+
+    # JSON that is not incidents, or a number JSON.parse reads as Infinity (sent on, it would
+    # become null: a missing value), is stopped in the page, saying what is wrong.
+    status = page.locator("#diagnose-status")
+    page.fill("#json-input", "5")
+    page.click("#json-go")
+    status.locator(".alert.error").wait_for()
+    assert "JSON object" in status.inner_text()
+    page.fill("#json-input", '{"feature0": 1e400}')
+    page.click("#json-go")
+    page.wait_for_function(
+        "() => document.querySelector('#diagnose-status').innerText.includes('infinite')"
+    )
 
 
 def test_calibrate_a_deployment_and_remove_it(web: Watched, server: WebServer) -> None:

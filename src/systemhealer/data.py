@@ -29,6 +29,13 @@ PREDICTION_COLUMNS: tuple[str, ...] = (SAMPLE_ID, "predicted_label", "confidence
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq", ".gz", ".csv.gz")
 
 
+def clipped(text: object, limit: int = 40) -> str:
+    """A name, id or cell from a file, cut short for a message (a file without line breaks
+    makes its whole text one column name; an id can be megabytes)."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def file_format(path: Path) -> str:
     """'parquet' or 'csv', judged by the file name (``.csv.gz`` is CSV)."""
     name = path.name.lower()

@@ -145,9 +145,22 @@ DOCS_PAGE = """<!DOCTYPE html>
 <script src="/static_content/swagger-ui-bundle.js"></script>
 <script>
 window.onload = () => { window.ui = SwaggerUIBundle({
-  url: "/docs.json", dom_id: "#swagger-ui", validatorUrl: null, deepLinking: true }); };
+  url: "/docs.json", dom_id: "#swagger-ui", validatorUrl: null, deepLinking: true,
+  // BentoML's default description embeds badges from img.shields.io & co: drop it.
+  responseInterceptor: (res) => {
+    if (res.url.endsWith("/docs.json") && res.obj && res.obj.info) {
+      res.obj.info.description = "SystemHealer fault diagnosis API.";
+      res.text = JSON.stringify(res.obj);
+    }
+    return res;
+  } }); };
 </script></body></html>
 """
+# Nothing from another host, as on the web pages (the inline script above needs 'unsafe-inline').
+DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; connect-src 'self'; object-src 'none'"
+)
 
 # Plain HTTP routes beside the BentoML APIs: GET pages and the multipart upload (parsed by
 # FastAPI here, because BentoML's file inputs fetch URLs sent in place of a file).
@@ -283,7 +296,7 @@ class FaultDiagnosisService:
     @http_app.get("/docs", include_in_schema=False)
     async def docs(self) -> HTMLResponse:
         """Swagger UI from local files (BentoML's own index page loads a tracker)."""
-        return HTMLResponse(DOCS_PAGE)
+        return HTMLResponse(DOCS_PAGE, headers={"Content-Security-Policy": DOCS_CSP})
 
 
 def _bad_body(message: str) -> JSONResponse:

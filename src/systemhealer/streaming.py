@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from systemhealer.data import KPI_FEATURES, SAMPLE_ID, file_format
+from systemhealer.data import KPI_FEATURES, SAMPLE_ID, clipped, file_format
 from systemhealer.errors import DataValidationError
 
 # pandas.read_csv's default spellings of a missing value: the one-shot path reads with pandas,
@@ -140,7 +140,7 @@ def check_columns(names: list[str], path: Path) -> None:
                 )
         shown = ", ".join(absent[:8]) + (f" … ({len(absent)} in all)" if len(absent) > 8 else "")
         extra = [c for c in names if c not in (*KPI_FEATURES, SAMPLE_ID, "label")]
-        hint = f"; unexpected columns: {', '.join(extra[:5])}" if extra else ""
+        hint = f"; unexpected columns: {', '.join(map(clipped, extra[:5]))}" if extra else ""
         raise DataValidationError(f"{path}: missing columns: {shown}{hint}")
     duplicated = sorted(name for name, n in Counter(names).items() if n > 1)
     if duplicated:
@@ -202,7 +202,12 @@ class CsvSource:
             text = line.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise DataValidationError(f"{path}: not a readable CSV file (not UTF-8 text)") from exc
-        names = next(csv.reader(io.StringIO(text)), [])
+        try:
+            names = next(csv.reader(io.StringIO(text)), [])
+        except csv.Error as exc:  # e.g. a field over csv's limit (a file without line breaks)
+            raise DataValidationError(
+                f"{path}: the first line is not a CSV header ({exc}); is this a CSV file?"
+            ) from exc
         if not names or not "".join(names).strip():
             raise DataValidationError(f"{path}: no header and no rows")
         self.columns = [name.strip() for name in names]

@@ -272,6 +272,12 @@
           SH.alert(document.getElementById("diagnose-status"), "error", SH.t("diagnose.bad_json", { message: e.message }));
           return;
         }
+        // JSON.parse reads 1e400 as Infinity, which JSON.stringify would send as null (missing).
+        const infinite = (function bad(v) { return typeof v === "number" ? !Number.isFinite(v) : v !== null && typeof v === "object" && Object.values(v).some(bad); })(parsed);
+        if (parsed === null || typeof parsed !== "object" || infinite) {
+          SH.alert(document.getElementById("diagnose-status"), "error", SH.t(infinite ? "diagnose.json_infinite" : "diagnose.json_shape"));
+          return;
+        }
         diagnoseInline(Array.isArray(parsed) ? { incidents: parsed } : { incident: parsed });
       });
       document.getElementById("diag-cancel").addEventListener("click", async () => {

@@ -32,7 +32,7 @@ window.I18N = {
     "train.queued_toast": "Training of {file} queued.", "train.started": "Queued: follow it below.", "train.jobs": "Training jobs",
 
     "validation.ok": "Valid: {rows} rows, {columns} columns, {checks} checks.",
-    "validation.bad": "Invalid: {errors} blocking problem(s). Nothing was trained.",
+    "validation.bad": "Invalid: {errors} blocking problem(s). The file was not used.",
     "validation.errors": "Blocking problems", "validation.warnings": "{n} warning(s) (drift against the model in service and other soft checks)",
 
     "job.kind": "Kind", "job.kind_train": "Training", "job.kind_diagnose": "Diagnosis",
@@ -86,6 +86,7 @@ window.I18N = {
     "diagnose.form_help": "Empty fields are missing values; at least one KPI value is needed.",
     "diagnose.json_help": "One incident as {\"sample_id\": …, \"feature0\": …}, or a list of them. Null or absent features are missing values.",
     "diagnose.not_numbers": "Not a number: {fields}", "diagnose.bad_json": "Not valid JSON: {message}",
+    "diagnose.json_shape": "Send one incident as a JSON object {…} or several as a list […].", "diagnose.json_infinite": "A KPI value is too large to be a number (infinite); leave it out or use null for a missing value.",
     "diagnose.working": "Diagnosing…", "diagnose.done_inline": "{n} incident(s) diagnosed.",
     "diagnose.results": "Diagnoses", "diagnose.incidents": "incidents", "diagnose.model_version": "model",
     "diagnose.mean_confidence": "mean confidence", "diagnose.low_confidence": "below 50% confidence",
@@ -167,7 +168,7 @@ window.I18N = {
     "train.queued_toast": "{file} 的训练已加入队列。", "train.started": "已加入队列：进度见下方。", "train.jobs": "训练任务",
 
     "validation.ok": "有效：{rows} 行，{columns} 列，{checks} 项检查。",
-    "validation.bad": "无效：{errors} 个阻断性问题，未进行训练。",
+    "validation.bad": "无效：{errors} 个阻断性问题，文件未被使用。",
     "validation.errors": "阻断性问题", "validation.warnings": "{n} 条警告（相对在线模型的数据漂移及其他非阻断检查）",
 
     "job.kind": "类型", "job.kind_train": "训练", "job.kind_diagnose": "诊断",
@@ -221,6 +222,7 @@ window.I18N = {
     "diagnose.form_help": "空白字段视为缺失值；至少需要一个 KPI 值。",
     "diagnose.json_help": "单条故障写作 {\"sample_id\": …, \"feature0\": …}，或它们的列表。null 或缺省的特征视为缺失值。",
     "diagnose.not_numbers": "不是数字：{fields}", "diagnose.bad_json": "不是有效的 JSON：{message}",
+    "diagnose.json_shape": "单个事件请发送 JSON 对象 {…}，多个事件请发送列表 […]。", "diagnose.json_infinite": "某个 KPI 值过大（无穷大），不是有效数字；请删除它或用 null 表示缺失。",
     "diagnose.working": "诊断中…", "diagnose.done_inline": "已诊断 {n} 条故障。",
     "diagnose.results": "诊断结果", "diagnose.incidents": "故障数", "diagnose.model_version": "模型",
     "diagnose.mean_confidence": "平均置信度", "diagnose.low_confidence": "置信度低于 50%",

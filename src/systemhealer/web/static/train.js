@@ -28,7 +28,18 @@
 
   async function sendFile(file, error) {
     const status = document.getElementById("train-upload-status");
-    if (error) { SH.alert(status, "error", error); return; }
+    if (error) {
+      // The file picked last was refused here: forget the earlier upload, so that the page
+      // neither shows its report nor offers to train on it under this error.
+      upload = null;
+      SH.alert(status, "error", error);
+      SH.renderValidation(document.getElementById("validation-report"), null);
+      document.getElementById("upload-class-mix").hidden = true;
+      document.getElementById("start-training").disabled = true;
+      document.getElementById("start-hint").textContent = SH.t("train.fix_first");
+      document.querySelector("#train-drop .file-name").textContent = "";
+      return;
+    }
     SH.alert(status, "info", SH.t("upload.validating", { file: file.name }));
     document.getElementById("start-training").disabled = true;
     const form = new FormData();
