@@ -234,3 +234,26 @@ def test_retraining_flow_merges_trains_then_waits_for_new_data(
             os.environ.pop("SYSTEMHEALER_HOME")
         else:
             os.environ["SYSTEMHEALER_HOME"] = saved
+
+
+@pytest.mark.integration
+def test_retrain_command_exits_1_naming_a_refused_inbox_file(
+    prefect_harness,
+    small_training_frame: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from .test_cli import run_cli
+
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SYSTEMHEALER_SCHEDULE__SETTLE_SECONDS", "0")
+    settings = load_settings()
+    settings.inbox_dir.mkdir(parents=True)
+    small_training_frame.head(30).assign(label=7).to_csv(settings.inbox_dir / "bad.csv")
+    code, out, err = run_cli(["retrain"], capsys, monkeypatch)
+    assert code == 1 and "bad.csv: rejected" in out and "refused inbox file(s): bad.csv" in err
+    assert list(settings.rejected_dir.glob("*bad*.report.json"))
+    # Nothing left to refuse: the next run is fine.
+    code, out, _ = run_cli(["retrain"], capsys, monkeypatch)
+    assert code == 0 and "no training" in out

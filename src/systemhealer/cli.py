@@ -692,20 +692,26 @@ def retrain(
 
     quiet_prefect_console()
     outcome = retraining_flow(str(config.resolve()) if config else None)
+    files = outcome.get("inbox", {}).get("files", [])
     if as_json:
         _echo_json(outcome)
-        return
-    for file in outcome.get("inbox", {}).get("files", []):
-        where = f" → {file['report']}" if file["status"] == "rejected" else ""
-        typer.echo(f"{file['name']}: {file['status']} — {file['message']}{where}")
-    training = outcome.get("training")
-    if training:
-        verdict = "promoted to champion" if training["promoted"] else "registered, NOT promoted"
-        typer.echo(
-            f"model version {training['model_version']} {verdict}: {training['gate_reason']}"
-        )
     else:
-        typer.echo(f"no training: {outcome['reason']}")
+        for file in files:
+            where = f" → {file['report']}" if file["status"] == "rejected" else ""
+            typer.echo(f"{file['name']}: {file['status']} — {file['message']}{where}")
+        training = outcome.get("training")
+        if training:
+            verdict = "promoted to champion" if training["promoted"] else "registered, NOT promoted"
+            typer.echo(
+                f"model version {training['model_version']} {verdict}: {training['gate_reason']}"
+            )
+        else:
+            typer.echo(f"no training: {outcome['reason']}")
+    # A refused file is bad input: the run did the rest, and the exit code says so (cron, CI).
+    refused = [file["name"] for file in files if file["status"] == "rejected"]
+    if refused:
+        typer.echo(f"error: refused inbox file(s): {', '.join(refused)}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
