@@ -103,3 +103,25 @@ def test_a_damaged_model_is_named_and_never_made_champion(
     code, _, err = run_cli(["promote", first], capsys, monkeypatch)
     assert code == 3 and "damaged" in err
     assert tracking.champion(settings).version == second["model_version"]
+
+
+def test_a_gate_that_fails_leaves_a_verdict_on_the_version(
+    prefect_harness, small_training_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.training import training_flow
+    from systemhealer import pipeline
+
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "state"))
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("registry unreachable")
+
+    monkeypatch.setattr(pipeline, "champion_scores", broken)
+    with pytest.raises(RuntimeError, match="registry unreachable"):
+        training_flow(str(small_training_csv), show_progress=False)
+    settings = load_settings()
+    (version,) = tracking.list_versions(settings)
+    assert (
+        version.tags["gate"] == "failed" and "registry unreachable" in version.tags["gate_reason"]
+    )
+    assert tracking.champion(settings) is None

@@ -301,14 +301,26 @@ def apply_gate(
     settings: Settings,
 ) -> GateDecision:
     """Promote ``version`` to champion only if it is at least as good as the champion on the
-    same held-out rows (or there is no champion); record the decision either way."""
-    champion_version, champion, why_none = champion_scores(prepared, settings)
-    promoted, reason = gate_decision(
-        candidate.scores, champion_version, champion, why_none, settings.evaluation.gate_on_shift
-    )
+    same held-out rows (or there is no champion); record the decision either way (a gate that
+    fails tags the version ``gate=failed``: no registered version is left without a verdict)."""
+    try:
+        champion_version, champion, why_none = champion_scores(prepared, settings)
+        promoted, reason = gate_decision(
+            candidate.scores, champion_version, champion, why_none,
+            settings.evaluation.gate_on_shift,
+        )  # fmt: skip
+        verdict = "promoted" if promoted else "rejected"
+        tracking.set_version_tags(
+            settings, version.version, {"gate": verdict, "gate_reason": reason}
+        )
+        if promoted:  # the alias moves last (it refuses a model that cannot be loaded)
+            tracking.set_champion(settings, version.version)
+    except Exception as exc:
+        tracking.set_version_tags(
+            settings, version.version, {"gate": "failed", "gate_reason": f"the gate failed: {exc}"}
+        )
+        raise
     decision = GateDecision(promoted, reason, candidate.scores, champion_version, champion)
-    verdict = "promoted" if promoted else "rejected"
-    tracking.set_version_tags(settings, version.version, {"gate": verdict, "gate_reason": reason})
     tracking.log_json(decision.to_dict(), "gate.json")
     tracking.set_tags({"gate": verdict, "model_version": version.version})
     if champion is not None:
@@ -319,8 +331,6 @@ def apply_gate(
                 "champion_shift_score": champion.shift_score,
             }
         )
-    if promoted:
-        tracking.set_champion(settings, version.version)
     return decision
 
 
