@@ -42,6 +42,8 @@ def import_champion(settings: Settings, version: str | None = None) -> str:
         raise ModelNotFoundError(
             "no champion to package: train one first (`systemhealer train FILE`)"
         )
+    # A damaged model is named here (ModelNotFoundError), not packed to fail when served.
+    tracking.load_diagnoser(settings, tracking.version_uri(settings, info.version))
     os.environ.update({k: v for k, v in bentoml_env(settings).items() if k.startswith("BENTOML_")})
     import bentoml
 
