@@ -55,8 +55,8 @@ window.I18N = {
     "stage.validating": "validating", "stage.diagnosing": "diagnosing", "stage.writing": "writing results",
 
     "report.missing": "This run has no report in MLflow.",
-    "report.promoted": "Version {version} passed the gate and is now the champion (the model in service).",
-    "report.rejected": "Version {version} is registered but did not pass the gate: the champion stays in service.",
+    "report.promoted": "Version {version} passed the gate when it was trained and was made champion (the model in service); the Models page shows the champion now.",
+    "report.rejected": "Version {version} was registered but did not pass the gate when it was trained: the champion of the time stayed in service.",
     "report.reason": "Gate decision:", "report.metrics": "Metrics",
     "report.metric": "Metric", "report.this_model": "v{version} (this run)",
     "report.champion_same_rows": "champion v{version}, same rows", "report.champion_own": "champion v{version}, its own run",
@@ -191,8 +191,8 @@ window.I18N = {
     "stage.validating": "校验", "stage.diagnosing": "诊断", "stage.writing": "写出结果",
 
     "report.missing": "MLflow 中没有这次运行的报告。",
-    "report.promoted": "版本 {version} 通过上线门槛，成为冠军模型（在线模型）。",
-    "report.rejected": "版本 {version} 已注册，但未通过上线门槛：冠军模型保持不变。",
+    "report.promoted": "版本 {version} 训练时通过上线门槛，被设为冠军模型（在线模型）；当前冠军见模型页。",
+    "report.rejected": "版本 {version} 已注册，但训练时未通过上线门槛：当时的冠军模型保持在线。",
     "report.reason": "门槛判定：", "report.metrics": "指标",
     "report.metric": "指标", "report.this_model": "v{version}（本次）",
     "report.champion_same_rows": "冠军 v{version}，同一批数据", "report.champion_own": "冠军 v{version}，其自身运行",
