@@ -224,7 +224,7 @@ def load_reference(settings: Settings, name: str) -> pd.DataFrame:
             known += f" and {len(names) - 10} more (systemhealer deployments)"
         raise DeploymentNotFoundError(
             f"no deployment named '{name}' (known: {known}); register it with "
-            f"`systemhealer calibrate {name} FILE`"
+            f'`systemhealer calibrate {name} FILE` or the web page\'s "Calibrate a deployment"'
         )
     try:
         return _reference_cached(str(data_path), data_path.stat().st_mtime_ns)
@@ -281,8 +281,8 @@ def deployment_stats(
         except DataValidationError as exc:
             raise DataValidationError(
                 f"deployment '{name}' cannot calibrate the model in service: {exc}. Calibrate "
-                f"it again (systemhealer calibrate {name} FILE) with incidents that have the "
-                "KPIs this model reads"
+                f"it again (`systemhealer calibrate {name} FILE` or the web page's \"Calibrate a "
+                'deployment") with incidents that have the KPIs this model reads'
             ) from exc
         cached = measure(settings, diagnoser, name, reference)
         diagnoser.deployment_cache[key] = cached
