@@ -384,6 +384,16 @@ def test_calibrate_a_deployment_and_remove_it(web: Watched, server: WebServer) -
         page.click("#json-go")
     assert answer.value.json()["deployment"] == "site-b"
 
+    # A file job with it; the page reloaded on the job selects the job's deployment again.
+    page.click("[data-tab=file]")
+    page.set_input_files("#diag-file", str(UNLABELLED_FILE))
+    page.locator("#diag-job-status .badge.succeeded").wait_for(timeout=120_000)
+    assert "job=" in page.url
+    page.reload()
+    page.locator("#diag-job-status .badge.succeeded").wait_for(timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#deployment').value === 'site-b'")
+    assert page.locator("#deploy-remove").is_visible()
+
     # Removing asks first; cancelling keeps it.
     page.click("[data-testid=deploy-remove]")
     dialog = page.locator("dialog#confirm")

@@ -6,6 +6,7 @@
   let currentJob = null;
   let stopPolling = null;
   let jobsTable = null;
+  let deploymentsLoaded = Promise.resolve();
 
   function deployment() {
     return document.getElementById("deployment").value || null;
@@ -179,7 +180,7 @@
     }
   }
 
-  function showJob(id) {
+  function showJob(id, restore = false) {
     if (stopPolling) stopPolling();
     lastInline = null;
     SH.setParam("job", id);
@@ -192,6 +193,14 @@
         document.getElementById("diag-job").hidden = false;
         SH.alert(document.getElementById("diag-job-progress"), "error", e.message);
         return false;
+      }
+      if (restore) {  // a reloaded page: select the job's deployment again, as its results say
+        restore = false;
+        const name = job.params && job.params.deployment;
+        deploymentsLoaded.then(() => {
+          const el = document.getElementById("deployment");
+          if (name && name !== "training" && [...el.options].some((o) => o.value === name)) { el.value = name; showRemove(); }
+        });
       }
       if (job.status !== lastStatus || ["queued", "running"].includes(job.status)) renderJob(job);
       if (job.status !== lastStatus && jobsTable) jobsTable.reload();
@@ -242,7 +251,7 @@
       document.getElementById("diag-limit").textContent = SH.t("upload.limit", { limit: SH.bytes(SH.config.max_upload_bytes) });
       document.querySelectorAll("[data-tab]").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
       buildForm();
-      loadDeployments().catch((e) => SH.toast(e.message, "error"));
+      deploymentsLoaded = loadDeployments().catch((e) => SH.toast(e.message, "error"));
       SH.dropzone(document.getElementById("diag-drop"), sendFile);
       document.getElementById("calibrate-toggle").addEventListener("click", () => {
         const p = document.getElementById("calibrate-panel");
@@ -287,7 +296,7 @@
       });
       jobsList();
       const id = SH.param("job");
-      if (id) showJob(id);
+      if (id) showJob(id, true);
       SH.onLang(() => {
         document.getElementById("diag-limit").textContent = SH.t("upload.limit", { limit: SH.bytes(SH.config.max_upload_bytes) });
         loadDeployments(deployment()).catch(() => {});
