@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -99,8 +100,13 @@ def sweep_flow(
 
 
 def _sweep(
-    frame, chosen: list[Candidate], base: Settings, path: str, lock_tags: dict[str, str]
-) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    frame: pd.DataFrame,
+    chosen: list[Candidate],
+    base: Settings,
+    path: str,
+    lock_tags: dict[str, str],
+) -> dict[str, Any]:
+    """Train the candidates in turn, register the best MLP, and let the gate decide."""
     sweep_id = f"sweep-{int(time.time())}"
     results = []
     for candidate in chosen:
@@ -126,17 +132,8 @@ def _sweep(
     candidate_scores = pipeline.HoldoutScores(
         **{name: best[name] for name in pipeline.HoldoutScores.__dataclass_fields__}
     )
-    champion_version, champion, why_none = pipeline.champion_scores(prepared, settings)
-    promoted, reason = pipeline.gate_decision(
-        candidate_scores, champion_version, champion, why_none, settings.evaluation.gate_on_shift
-    )
-    tracking.set_version_tags(
-        settings,
-        version.version,
-        {"gate": "promoted" if promoted else "rejected", "gate_reason": reason},
-    )
-    if promoted:
-        tracking.set_champion(settings, version.version)
+    decision = pipeline.decide_gate(version, candidate_scores, prepared, settings)
+    promoted, reason = decision.promoted, decision.reason
     table = results_table(results)
     create_markdown_artifact(
         key="sweep-results",

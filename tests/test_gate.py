@@ -8,7 +8,7 @@ import pytest
 
 from systemhealer import tracking
 from systemhealer.config import load_settings
-from systemhealer.errors import ModelNotFoundError
+from systemhealer.errors import ModelDamagedError, ModelNotFoundError
 
 from .test_cli import run_cli
 
@@ -84,7 +84,7 @@ def test_a_damaged_model_is_named_and_never_made_champion(
     first = training_flow(str(small_training_csv), show_progress=False)["model_version"]
     settings = load_settings()
     _damage_network(settings, first)
-    with pytest.raises(ModelNotFoundError, match="cannot be loaded, its files are missing or"):
+    with pytest.raises(ModelDamagedError, match="cannot be loaded, its files are damaged"):
         tracking.load_diagnoser(settings)
     code, _, err = run_cli(
         ["predict", str(small_training_csv), "-o", str(tmp_path / "out.csv")], capsys, monkeypatch

@@ -296,3 +296,38 @@ def test_a_compressed_csv_is_one_partition_and_the_user_is_told(tmp_path: Path) 
     assert len(plan_partitions(plain, 4, min_bytes=1)) > 1
     assert partition_warning(plain, 4) is None
     assert partition_warning(packed, 1) is None  # one partition was asked for
+
+
+def _ids_of(chunks: list[RawChunk]) -> list[object]:
+    return [
+        v
+        for c in chunks
+        for v in (
+            c.typed.column(SAMPLE_ID).to_pylist() if c.typed is not None else c.raw[SAMPLE_ID]
+        )
+    ]
+
+
+def test_ids_are_typed_as_pandas_types_the_whole_column(
+    tmp_path: Path, incidents: pd.DataFrame
+) -> None:
+    """Spaces around an id, an id too long for the id pass's blocks: the file's ids come back
+    as pandas reads them, and every partition is told the same type."""
+    frame = incidents.head(40).copy()
+    frame[SAMPLE_ID] = [f" {i}" if i % 7 == 0 else str(i) for i in range(40)]
+    path = tmp_path / "spaces.csv"
+    frame.to_csv(path, index=False)
+    source = open_source(path)
+    assert source.id_type() == pa.int64()
+    assert _ids_of(list(source.chunks(10))) == pd.read_csv(path)[SAMPLE_ID].tolist()
+    partitions = source.partitions(3, min_bytes=1)
+    assert len(partitions) == 3 and {p.id_type for p in partitions} == {"int64"}
+
+    frame[SAMPLE_ID] = [str(i) for i in range(40)]
+    frame.loc[30, SAMPLE_ID] = "x" * (5 << 20)  # longer than a block of the id pass
+    path = tmp_path / "long-id.csv"
+    frame.to_csv(path, index=False)
+    source = open_source(path)
+    assert source.id_type() == pa.string()  # text: what always parses
+    assert _ids_of(list(source.chunks(10))) == pd.read_csv(path)[SAMPLE_ID].tolist()
+    assert {p.id_type for p in source.partitions(3, min_bytes=1)} == {"string"}

@@ -342,16 +342,13 @@ def calibrate(
 ) -> None:
     """Register or replace deployment NAME from a reference window of its incidents."""
     from systemhealer import deployments, tracking, validation
-    from systemhealer.data import label_columns, read_incidents
     from systemhealer.errors import ModelNotFoundError
 
     settings = _settings(config)
     _deployment_name(name, "NAME", training_allowed=False)
-    raw = read_incidents(path)
-    raw = raw.drop(columns=label_columns(raw.columns))  # never see labels
-    report, incidents = validation.validate_frame(
-        raw, str(path), settings.data, require_label=False
-    )
+    report, incidents = validation.validate_file(
+        path, settings.data, require_label=False, drop_labels=True
+    )  # never sees labels
     validation.require_valid(report)
     warnings = [issue.message for issue in report.warnings]
     try:

@@ -236,7 +236,9 @@ def _refuse_duplicate_names(names: Iterable[object], path: Path) -> None:
     counts = Counter(str(name).strip() for name in names if str(name).strip())
     duplicated = sorted(name for name, n in counts.items() if n > 1)
     if duplicated:
-        raise DataValidationError(f"{path}: duplicate column names: {', '.join(duplicated)}")
+        raise DataValidationError(
+            f"{path}: duplicate column names: {', '.join(map(clipped, duplicated[:8]))}"
+        )
 
 
 def _refuse_wrong_delimiter(frame: pd.DataFrame, path: Path) -> None:

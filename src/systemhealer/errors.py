@@ -29,6 +29,13 @@ class ModelNotFoundError(SystemHealerError):
     exit_code = 3
 
 
+class ModelDamagedError(ModelNotFoundError):
+    """A registered model whose files are missing or cannot be read: it exists, so over HTTP
+    a request for it conflicts (409) rather than names nothing (404)."""
+
+    http_status = 409
+
+
 class DeploymentNotFoundError(SystemHealerError):
     """No calibrated deployment has the requested name."""
 

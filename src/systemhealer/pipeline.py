@@ -6,6 +6,7 @@ validate → prepare (dedupe, split, preprocess) → train → evaluate → regi
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import pandas as pd
 
 from systemhealer import deployments, tracking
 from systemhealer.config import Settings
-from systemhealer.data import KPI_FEATURES
+from systemhealer.data import KPI_FEATURES, clipped
 from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import SystemHealerError
 from systemhealer.evaluation import (
@@ -30,6 +31,8 @@ from systemhealer.features import DeploymentStats
 from systemhealer.shift import shift_score, simulate_deployments
 from systemhealer.training import EpochCallback, PreparedData, TrainingResult, train_ensemble
 from systemhealer.validation import DataProfile, ValidationReport, require_valid, validate_file
+
+log = logging.getLogger(__name__)
 
 
 def validate_training_file(
@@ -294,21 +297,20 @@ def gate_decision(
     return promoted, f"{', '.join(parts)} of v{champion_version} (same rows)"
 
 
-def apply_gate(
+def decide_gate(
     version: tracking.ModelVersionInfo,
-    candidate: CandidateEvaluation,
+    scores: HoldoutScores,
     prepared: PreparedData,
     settings: Settings,
 ) -> GateDecision:
     """Promote ``version`` to champion only if it is at least as good as the champion on the
-    same held-out rows (or there is no champion); record the decision either way (a gate that
-    fails tags the version ``gate=failed``: no registered version is left without a verdict)."""
+    same held-out rows (or there is no champion), and tag the version with the verdict. A gate
+    that fails tags it ``gate=failed``: no registered version is left without a verdict."""
     try:
         champion_version, champion, why_none = champion_scores(prepared, settings)
         promoted, reason = gate_decision(
-            candidate.scores, champion_version, champion, why_none,
-            settings.evaluation.gate_on_shift,
-        )  # fmt: skip
+            scores, champion_version, champion, why_none, settings.evaluation.gate_on_shift
+        )
         verdict = "promoted" if promoted else "rejected"
         tracking.set_version_tags(
             settings, version.version, {"gate": verdict, "gate_reason": reason}
@@ -316,19 +318,36 @@ def apply_gate(
         if promoted:  # the alias moves last (it refuses a model that cannot be loaded)
             tracking.set_champion(settings, version.version)
     except Exception as exc:
-        tracking.set_version_tags(
-            settings, version.version, {"gate": "failed", "gate_reason": f"the gate failed: {exc}"}
-        )
+        try:
+            tracking.set_version_tags(
+                settings,
+                version.version,
+                {"gate": "failed", "gate_reason": clipped(f"the gate failed: {exc}", 1000)},
+            )
+        except Exception:  # the gate's own error is the one to report
+            log.exception("could not tag version %s gate=failed", version.version)
         raise
-    decision = GateDecision(promoted, reason, candidate.scores, champion_version, champion)
+    return GateDecision(promoted, reason, scores, champion_version, champion)
+
+
+def apply_gate(
+    version: tracking.ModelVersionInfo,
+    candidate: CandidateEvaluation,
+    prepared: PreparedData,
+    settings: Settings,
+) -> GateDecision:
+    """The gate for a training run (:func:`decide_gate`), recorded in its MLflow run too."""
+    decision = decide_gate(version, candidate.scores, prepared, settings)
     tracking.log_json(decision.to_dict(), "gate.json")
-    tracking.set_tags({"gate": verdict, "model_version": version.version})
-    if champion is not None:
+    tracking.set_tags(
+        {"gate": "promoted" if decision.promoted else "rejected", "model_version": version.version}
+    )
+    if decision.champion is not None:
         tracking.log_metrics(
             {
-                "champion_eval_macro_f1": champion.eval_macro_f1,
-                "champion_shift_macro_f1": champion.shift_macro_f1,
-                "champion_shift_score": champion.shift_score,
+                "champion_eval_macro_f1": decision.champion.eval_macro_f1,
+                "champion_shift_macro_f1": decision.champion.shift_macro_f1,
+                "champion_shift_score": decision.champion.shift_score,
             }
         )
     return decision

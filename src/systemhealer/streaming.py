@@ -144,7 +144,9 @@ def check_columns(names: list[str], path: Path) -> None:
         raise DataValidationError(f"{path}: missing columns: {shown}{hint}")
     duplicated = sorted(name for name, n in Counter(names).items() if n > 1)
     if duplicated:
-        raise DataValidationError(f"{path}: duplicate column names: {', '.join(duplicated)}")
+        raise DataValidationError(
+            f"{path}: duplicate column names: {', '.join(map(clipped, duplicated[:8]))}"
+        )
 
 
 def _codec(path: Path) -> str | None:
@@ -174,6 +176,10 @@ def _row_ends(data: bytes, begin: int, quoted: bool) -> tuple[np.ndarray, bool]:
     if not found:
         return np.empty(0, dtype=np.int64), quoted
     return np.concatenate(found).astype(np.int64), quoted
+
+
+# Blocks of the id pass: a row longer than this makes the ids text (see CsvSource.id_type).
+_ID_PASS_BLOCK = 1 << 22
 
 
 class CsvSource:
@@ -222,15 +228,16 @@ class CsvSource:
         """The type of the whole file's ``sample_id`` column, as pandas.read_csv types it:
         int64, else uint64, else float64 (unless every id is an integer), else text. Blocks
         typed on their own disagree (ids 1, 2, … then ``INC-7``), and the output's id column is
-        fixed by its first block. One pass over the file reading the id column only; a file
-        that cannot be read so is left to the blocks' parser to report (None)."""
+        fixed by its first block. One pass over the file reading the id column only; when the
+        pass cannot read the file (an id longer than its blocks, a damaged file: the blocks'
+        parser reports the latter), ids are text, which always parses."""
         if SAMPLE_ID not in self.include:
             return None
         if not hasattr(self, "_id_type"):
             try:
-                self._id_type: pa.DataType | None = self._scan_id_type()
+                self._id_type: pa.DataType = self._scan_id_type()
             except (OSError, pa.ArrowException):
-                self._id_type = None
+                self._id_type = pa.string()
         return self._id_type
 
     def _scan_id_type(self) -> pa.DataType:
@@ -238,7 +245,9 @@ class CsvSource:
         integral = True
         reader = pacsv.open_csv(
             pa.input_stream(str(self.path), compression=self.codec),
-            read_options=pacsv.ReadOptions(column_names=self.columns, skip_rows=1),
+            read_options=pacsv.ReadOptions(
+                column_names=self.columns, skip_rows=1, block_size=_ID_PASS_BLOCK
+            ),
             parse_options=pacsv.ParseOptions(invalid_row_handler=lambda _: "skip"),
             convert_options=pacsv.ConvertOptions(
                 include_columns=[SAMPLE_ID],
@@ -248,7 +257,7 @@ class CsvSource:
             ),
         )
         for batch in reader:
-            ids = batch.column(0).drop_null()
+            ids = pc.utf8_trim_whitespace(batch.column(0).drop_null())  # " 2" reads as 2
             if integral and len(ids):
                 integral = bool(pc.all(pc.match_substring_regex(ids, r"^[+-]?[0-9]+$")).as_py())
             while kinds:
@@ -446,7 +455,11 @@ class _BlockParser:
 
         table = pacsv.read_csv(
             pa.py_buffer(block),
-            read_options=pacsv.ReadOptions(column_names=self.columns, use_threads=False),
+            # One block for the whole chunk: a cell over the default 1 MB block size would
+            # straddle two blocks and fail the parse (the fast path's error that led here).
+            read_options=pacsv.ReadOptions(
+                column_names=self.columns, use_threads=False, block_size=len(block) + 1
+            ),
             parse_options=pacsv.ParseOptions(invalid_row_handler=keep),
             convert_options=self._convert(dict.fromkeys(self.include, pa.string())),
         )

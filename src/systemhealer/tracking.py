@@ -26,7 +26,7 @@ from mlflow.types import ColSpec, Schema
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES, PROBA_COLUMNS
 from systemhealer.diagnoser import FaultDiagnoser
-from systemhealer.errors import ModelNotFoundError, SystemHealerError
+from systemhealer.errors import ModelDamagedError, ModelNotFoundError, SystemHealerError
 
 log = logging.getLogger(__name__)
 
@@ -332,19 +332,18 @@ def load_diagnoser(
     """Load the diagnoser behind a model URI (default: the champion), without pyfunc overhead."""
     uri, version = resolve_uri(settings, model_uri)
     with tempfile.TemporaryDirectory() as tmp:
+        folder = download_model(settings, uri, Path(tmp))
+        diagnoser_dir = folder / "artifacts" / "diagnoser"
+        if not diagnoser_dir.exists():
+            raise ModelDamagedError(f"{uri} is not a SystemHealer fault-diagnosis model")
         try:
-            folder = download_model(settings, uri, Path(tmp))
-            diagnoser_dir = folder / "artifacts" / "diagnoser"
-            if not diagnoser_dir.exists():
-                raise ModelNotFoundError(f"{uri} is not a SystemHealer fault-diagnosis model")
             return FaultDiagnoser.load(diagnoser_dir), version
         except SystemHealerError:
             raise
-        except Exception as exc:  # missing, truncated or corrupt files: MLflow, torch, JSON, EOF
+        except Exception as exc:  # truncated or corrupt files: torch, JSON, EOF, missing keys
             detail = str(exc).splitlines()[0] if str(exc) else "no detail"
-            raise ModelNotFoundError(
-                f"{uri} cannot be loaded, its files are missing or damaged "
-                f"({type(exc).__name__}: {detail})"
+            raise ModelDamagedError(
+                f"{uri} cannot be loaded, its files are damaged ({type(exc).__name__}: {detail})"
             ) from exc
 
 

@@ -426,7 +426,9 @@ def validate_frame(
     duplicated = raw.columns[raw.columns.duplicated()].tolist()
     if duplicated:
         report.issues.append(
-            ValidationIssue("schema", f"duplicate column names: {', '.join(duplicated)}", True)
+            ValidationIssue(
+                "schema", f"duplicate column names: {', '.join(map(clipped, duplicated[:8]))}", True
+            )
         )
         return report, raw
     numeric_columns = [*KPI_FEATURES, LABEL] if LABEL in raw.columns else list(KPI_FEATURES)
