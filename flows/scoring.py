@@ -207,9 +207,15 @@ def batch_scoring_flow(
         for source, target in zip(files, targets, strict=True):
             if str(source) in failures:
                 continue
-            summary = scoring.merge_partitions(
-                source, target, parts[source], model, on_bad_rows, time.perf_counter() - started
-            )
+            try:
+                summary = scoring.merge_partitions(
+                    source, target, parts[source], model, on_bad_rows,
+                    time.perf_counter() - started,
+                )  # fmt: skip
+            except SystemHealerError as exc:  # e.g. every row bad: this file fails, not the rest
+                failures[str(source)] = str(exc)
+                errors.append(exc)
+                continue
             summaries.append(summary)
             print(scoring.summary_text(summary))
     finally:

@@ -68,12 +68,26 @@ def test_a_boolean_kpi_column_is_not_read_as_numbers(
     """True/False are no KPI values in a Parquet file either, as validation and the web say."""
     frame = unlabelled_frame.head(20).assign(feature5=[True, False] * 10)
     frame.to_parquet(tmp_path / "flags.parquet", index=False)
-    summary = scoring.stream_file(
-        tmp_path / "flags.parquet", tmp_path / "out.csv", champion, load_settings(), "skip"
-    )
-    assert summary.rows == 0 and summary.bad_rows == 20
+    # Every row is bad: a failed job, not an empty result; the side file says why.
+    with pytest.raises(DataValidationError, match="all 20 rows are bad, none was diagnosed"):
+        scoring.stream_file(
+            tmp_path / "flags.parquet", tmp_path / "out.csv", champion, load_settings(), "skip"
+        )
+    assert not (tmp_path / "out.csv").exists()
     reasons = pd.read_csv(scoring.bad_rows_path(tmp_path / "out.csv"))["reason"]
     assert reasons.str.contains("'feature5' is not a number").all()
+    # The same when the file is scored in partitions.
+    staging = tmp_path / "parts"
+    staging.mkdir()
+    parts = [
+        scoring.score_partition(p, staging, champion, load_settings(), "skip")
+        for p in scoring.plan_partitions(tmp_path / "flags.parquet", 2)
+    ]
+    with pytest.raises(DataValidationError, match="all 20 rows are bad"):
+        scoring.merge_partitions(
+            tmp_path / "flags.parquet", tmp_path / "merged.csv", parts, champion, "skip"
+        )
+    assert not (tmp_path / "merged.csv").exists()
 
 
 def test_streamed_output_equals_the_one_shot_path(
@@ -294,6 +308,25 @@ def test_batch_scoring_flow_scores_a_glob_and_keeps_a_summary(
     artifact = Artifact.get("batch-scoring-summary")
     assert artifact is not None and "monday.csv" in str(artifact.data)
     assert "| 200 |" in str(artifact.data)
+
+
+def test_a_file_of_only_bad_rows_fails_alone_in_the_flow(
+    trained_state, unlabelled_frame: pd.DataFrame, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from flows.scoring import run_batch_scoring
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    unlabelled_frame.head(100).assign(feature5="n/a?").to_csv(inbox / "a-bad.csv", index=False)
+    unlabelled_frame.head(100).to_csv(inbox / "b-good.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"a-bad\.csv: all 100 rows are bad"):
+        run_batch_scoring(
+            str(inbox / "*.csv"), output_dir=str(tmp_path / "out"), on_bad_rows="skip"
+        )
+    # The good file after it is scored all the same; the bad one leaves only its reasons.
+    assert len(pd.read_csv(tmp_path / "out" / "b-good.diagnoses.csv")) == 100
+    assert not (tmp_path / "out" / "a-bad.diagnoses.csv").exists()
+    assert len(pd.read_csv(tmp_path / "out" / "a-bad.diagnoses.bad-rows.csv")) == 100
 
 
 def test_dask_local_cluster_scores_like_one_process(

@@ -791,8 +791,10 @@ def stream_file(
         tally = _score_chunks(
             chunks, loaded, out, bad_out, str(path), 0, bar.update, contract, threads=threads
         )
-        if tally.rows_seen == 0:
-            raise DataValidationError(f"{path}: 0 rows; at least 1 needed")
+        _refuse_nothing_diagnosed(
+            path, output, tally.rows_seen, tally.rows, bad_out,
+            _bad_rows_schema(SAMPLE_ID in source.include),
+        )  # fmt: skip
         clock = time.perf_counter()
         contract_result = contract.result()
         tally.stages["model loading"] += loading
@@ -815,6 +817,27 @@ def stream_file(
         contract_sample=contract_result,
         stage_seconds={k: round(v, 2) for k, v in tally.stages.items()},
     )
+
+
+def _refuse_nothing_diagnosed(
+    path: Path,
+    output: Path,
+    rows_seen: int,
+    rows: int,
+    bad_out: AtomicTableWriter | None,
+    bad_schema: pa.Schema,
+) -> None:
+    """A file without rows, or whose every row is bad, is a failed job, not an empty result:
+    the output stays as it was (a skipping job keeps the reasons in its side file)."""
+    if rows_seen == 0:
+        raise DataValidationError(f"{path}: 0 rows; at least 1 needed")
+    if rows == 0:
+        if bad_out is not None:
+            bad_out.commit(bad_schema)
+        raise DataValidationError(
+            f"{path}: all {rows_seen} rows are bad, none was diagnosed; {output} was not "
+            f"written (the reasons: {bad_rows_path(output)})"
+        )
 
 
 def _id_columns(source: Any) -> list[str]:
@@ -964,8 +987,9 @@ def merge_partitions(
             if bad_out is not None and part.bad_output:
                 _copy_part(part.bad_output, bad_out, "row", offset)
             rows_before += part.rows_seen
-        if rows_before == 0:
-            raise DataValidationError(f"{path}: 0 rows; at least 1 needed")
+        _refuse_nothing_diagnosed(
+            path, output, rows_before, sum(p.rows for p in parts), bad_out, bad_schema
+        )
         out.commit(_empty_output_schema())
         if bad_out is not None:
             bad_out.commit(bad_schema)
