@@ -122,6 +122,15 @@ def test_cancel_a_queued_and_a_running_job(tmp_path: Path) -> None:
     finally:
         runner.stop()
     assert store.get(waiting.id).started_at is None  # it never ran
+    # Nothing left to cancel: a finished job, or a training changing the registry.
+    with pytest.raises(jobs.JobConflictError, match="already cancelled"):
+        store.request_cancel(waiting.id)
+    training = _new(store, jobs.TRAIN, "train.csv")
+    store.update(training.id, status=jobs.RUNNING)
+    store.write(training.id, "progress.json", {"stage": "gate"})
+    with pytest.raises(jobs.JobConflictError, match="too late to cancel"):
+        store.request_cancel(training.id)
+    assert not store.cancel_requested(training.id)
 
 
 def test_only_one_runner_per_state_folder(tmp_path: Path) -> None:

@@ -384,6 +384,30 @@ BAD_REQUESTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         "application/json",
     ),
     "form instead of JSON": ("/predict", {"data": {"incident": "x"}}, 415, "/predict_csv"),
+    "compressed body": (
+        "/predict",
+        {
+            "content": gzip.compress(b'{"incident": {"feature0": 1}}'),
+            "headers": {**JSON, "content-encoding": "gzip"},
+        },
+        415,
+        "Content-Encoding 'gzip'",
+    ),
+    "deployment given twice": (
+        "/predict",
+        {
+            "content": b'{"incident": {"feature0": 1}, "deployment": "x", "deployment": null}',
+            "headers": JSON,
+        },
+        400,
+        "'deployment' appears more than once",
+    ),
+    "unpaired surrogate in a sample_id": (
+        "/predict",
+        {"content": b'{"incident": {"sample_id": "\\ud800", "feature0": 1}}', "headers": JSON},
+        400,
+        "not valid Unicode",
+    ),
     "unknown deployment": (
         "/predict",
         {"json": {"incident": {"feature0": 1.0}, "deployment": "nowhere"}},

@@ -116,6 +116,16 @@ def test_training_upload_is_validated_at_once(
     assert good["validation"]["rows"] == len(small_training_frame)
     # A file checked for diagnosis cannot be trained on, and unknown ids are refused.
     assert client.post("/ui/api/training-jobs", json={"upload_id": "../x"}).status_code == 404
+    # Copies count once, as training counts them: 6 incidents repeated 20 times are refused
+    # here, not in a training job that fails after it was queued.
+    copies = pd.concat([small_training_frame.groupby("label").head(1)] * 20, ignore_index=True)
+    copies["sample_id"] = range(len(copies))
+    answer = client.post(
+        "/ui/api/uploads",
+        files={"file": ("copies.csv", _csv(copies), "text/csv")},
+        data={"purpose": "train"},
+    ).json()
+    assert answer["ok"] is False and "120 rows, 6 distinct" in answer["error"], answer
 
 
 def test_diagnose_one_incident_as_json(client: TestClient, unlabelled_frame: pd.DataFrame) -> None:

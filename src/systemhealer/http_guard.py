@@ -99,6 +99,18 @@ class RequestGuard:
                     {"error": "missing or wrong API token: send 'Authorization: Bearer …'"},
                 )
 
+        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if encoding not in ("", "identity"):
+            return await _answer(
+                send,
+                415,
+                {
+                    "error": f"Content-Encoding {encoding!r} not accepted on {path}: send the body "
+                    "uncompressed"
+                    + (" (a compressed file goes in the upload as .csv.gz)" if upload else "")
+                },
+            )
+
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         media_type = content_type.split(";")[0].strip().lower()
         if upload and (media_type != "multipart/form-data" or "boundary=" not in content_type):

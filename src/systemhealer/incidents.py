@@ -89,6 +89,14 @@ def _sample_id(incident: Mapping[str, Any], where: str, position: int) -> Any:
         raise IncidentError(
             f"{where}.{SAMPLE_ID}: longer than {MAX_SAMPLE_ID_CHARS} characters ({len(value)})"
         )
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (\ud800): no answer can carry it
+            raise IncidentError(
+                f"{where}.{SAMPLE_ID}: not valid Unicode (unpaired surrogate "
+                f"{value[exc.start]!r} at character {exc.start})"
+            ) from exc
     return value
 
 

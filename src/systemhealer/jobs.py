@@ -67,6 +67,8 @@ JOB_FILES = frozenset(
 _ID = re.compile(r"^[0-9]{8}T[0-9]{12}-[0-9a-f]{6}$")
 _INPUT_SUFFIXES = (".csv.gz", ".csv", ".parquet", ".pq")
 MAX_ATTEMPTS = 2
+# Training stages past which a cancel is refused: the registry (version, champion alias) changes.
+NO_RETURN_STAGES = ("register", "gate", "done")
 UPLOAD_TTL = timedelta(hours=24)
 
 
@@ -78,6 +80,12 @@ class JobNotFoundError(SystemHealerError):
 
 class JobCancelledError(SystemHealerError):
     """The job was cancelled while it ran."""
+
+
+class JobConflictError(SystemHealerError):
+    """The job cannot be cancelled (any more): it has finished, or it is changing the registry."""
+
+    http_status = 409
 
 
 def _now() -> str:
@@ -257,8 +265,15 @@ class JobStore:
             job = self.get(job_id)
             if job.status == QUEUED:
                 return self.update(job_id, status=CANCELLED, finished_at=_now())
-            if job.status == RUNNING:
-                (self.folder(job_id) / "cancel").touch()
+            if job.status in FINISHED:
+                raise JobConflictError(f"job {job_id} has already {job.status}: nothing to cancel")
+            stage = (self.read(job_id, "progress.json") or {}).get("stage")
+            if job.kind == TRAIN and stage in NO_RETURN_STAGES:
+                raise JobConflictError(
+                    f"job {job_id} is registering its model ({stage}): too late to cancel; "
+                    "roll the champion back on the Models page if needed"
+                )
+            (self.folder(job_id) / "cancel").touch()
             return job
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -539,7 +554,12 @@ class TrainingExecutor:
         self.store.update(job.id, pid=process.pid)
         cancelled = False
         while process.poll() is None:
-            if not cancelled and self.store.cancel_requested(job.id):
+            stage = (read_json(folder / "progress.json") or {}).get("stage")
+            if (
+                not cancelled
+                and self.store.cancel_requested(job.id)
+                and stage not in NO_RETURN_STAGES  # never stop it while it changes the registry
+            ):
                 cancelled = True
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
@@ -549,7 +569,7 @@ class TrainingExecutor:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(process.pid, signal.SIGKILL)
             time.sleep(self.poll_seconds)
-        if cancelled:
+        if cancelled and process.returncode != 0:
             raise JobCancelledError("cancelled")
         if process.returncode != 0:
             error = read_json(folder / "error.json")

@@ -110,20 +110,30 @@ def distinct_incidents(
     return unique.iloc[keep].reset_index(drop=True), groups[keep]
 
 
+def splittable_incidents(
+    incidents: pd.DataFrame, settings: Settings
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`distinct_incidents`, refused (TrainingError) when a fault class has fewer than 3
+    of them: the split needs one in each of train, validation and evaluation."""
+    unique, groups = distinct_incidents(incidents, settings)
+    counts = np.bincount(unique[LABEL].to_numpy().astype(np.int64), minlength=len(FAULT_CLASSES))
+    if (counts[counts > 0] < 3).any():
+        rare = [str(c) for c in FAULT_CLASSES if 0 < counts[c] < 3]
+        raise TrainingError(
+            f"fault class(es) {', '.join(rare)} have fewer than 3 distinct incidents "
+            f"({len(incidents)} rows, {len(unique)} distinct: copies and near-copies count "
+            "once); cannot split them into train, validation and evaluation"
+        )
+    return unique, groups
+
+
 def prepare_training_data(incidents: pd.DataFrame, settings: Settings) -> PreparedData:
     """De-duplicate, split so identical incidents never straddle two parts, fit preprocessing
     on the training part only."""
     data_fingerprint = fingerprint(incidents)
-    unique, groups = distinct_incidents(incidents, settings)
+    unique, groups = splittable_incidents(incidents, settings)
     labels = unique[LABEL].to_numpy().astype(np.int64)
     features = unique[list(KPI_FEATURES)]
-    counts = np.bincount(labels, minlength=len(FAULT_CLASSES))
-    if (counts[counts > 0] < 3).any():
-        rare = [str(c) for c in FAULT_CLASSES if 0 < counts[c] < 3]
-        raise TrainingError(
-            f"fault class(es) {', '.join(rare)} have fewer than 3 distinct incidents; "
-            "cannot split them into train, validation and evaluation"
-        )
     t = settings.training
     split = grouped_split(labels, groups, t.validation_fraction, t.evaluation_fraction, t.seed)
     preprocessor = KpiPreprocessor.fit(

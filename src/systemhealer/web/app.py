@@ -35,6 +35,7 @@ from systemhealer.errors import (
     DeploymentNotFoundError,
     ModelNotFoundError,
     SystemHealerError,
+    TrainingError,
 )
 from systemhealer.web.guard import BodyLimit, TokenError, token_dependency
 
@@ -399,6 +400,13 @@ def create_app(
         }
         if not report.ok:
             checked["error"] = report.summary()
+        else:  # what training will refuse after de-duplication, refused here already
+            from systemhealer.training import splittable_incidents
+
+            try:
+                splittable_incidents(frame, settings)
+            except TrainingError as exc:
+                checked.update(ok=False, error=f"{shown}: {exc}")
         return checked
 
     def take_upload(upload_id: str, purpose: str) -> jobs.Upload:
@@ -413,12 +421,17 @@ def create_app(
     def start_training(request: TrainingRequest) -> dict[str, Any]:
         """Queue a training of a validated upload through the Prefect training flow."""
         upload = take_upload(request.upload_id, "train")
-        job = queue(
-            jobs.TRAIN,
-            upload.filename,
-            {"class_counts": upload.meta.get("class_counts"), "rows": _rows(upload.meta)},
-            lambda target: os.replace(upload.path, target),
-        )
+        try:
+            job = queue(
+                jobs.TRAIN,
+                upload.filename,
+                {"class_counts": upload.meta.get("class_counts"), "rows": _rows(upload.meta)},
+                lambda target: os.replace(upload.path, target),
+            )
+        except FileNotFoundError as exc:  # a second request for the same upload won the race
+            raise jobs.JobNotFoundError(
+                f"upload {request.upload_id!r} was already queued for training"
+            ) from exc
         store.write(job.id, "validation.json", upload.meta.get("validation"))
         uploads.discard(upload.id)
         return job_view(job, full=False)
