@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from systemhealer import drift, tracking
 from systemhealer.config import Settings, load_settings
@@ -19,7 +20,7 @@ from systemhealer.errors import SystemHealerError
 from systemhealer.inbox import settled_files
 
 
-@task(name="check drift")
+@task(name="check drift", cache_policy=NO_CACHE)
 def check_one(
     path: str,
     settings: Settings,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.training import training_flow
 from systemhealer import inbox, tracking
@@ -17,7 +18,7 @@ from systemhealer.errors import SystemHealerError
 from systemhealer.locks import RETRAINING, describe_holder, state_lock
 
 
-@task(name="merge inbox")
+@task(name="merge inbox", cache_policy=NO_CACHE)
 def merge_inbox(settings: Settings) -> dict[str, Any]:
     """Validate, de-duplicate and merge the settled inbox files; archive or reject each."""
     profile = None

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from systemhealer import pipeline, tracking
 from systemhealer.config import Settings, load_settings
@@ -25,7 +26,7 @@ from systemhealer.sweep import (
 from systemhealer.training import prepare_training_data
 
 
-@task(name="validate")
+@task(name="validate", cache_policy=NO_CACHE)
 def validate(path: str, settings: Settings):  # type: ignore[no-untyped-def]
     from systemhealer.validation import require_valid, validate_file
 
@@ -34,7 +35,7 @@ def validate(path: str, settings: Settings):  # type: ignore[no-untyped-def]
     return frame
 
 
-@task(name="candidate")
+@task(name="candidate", cache_policy=NO_CACHE)
 def run_candidate(
     frame,
     candidate: Candidate,

@@ -194,3 +194,46 @@ def test_an_orderly_shutdown_leaves_the_running_job_to_run_again(tmp_path: Path)
     assert left.status == jobs.RUNNING and left.attempts == 0  # not counted as a crash
     jobs.JobRunner(store, {}, {}).recover()
     assert store.get(job.id).status == jobs.QUEUED
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_cancelling_a_training_stops_it_at_the_next_epoch(
+    tmp_path: Path, small_training_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real child process, Prefect flow and MLflow run: the child stops itself (no signal
+    needed), the run is FAILED, nothing is registered."""
+    import mlflow
+
+    from systemhealer import tracking
+    from systemhealer.config import load_settings
+
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__MAX_EPOCHS", "500")  # runs until cancelled
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__PATIENCE", "500")
+    settings = load_settings()
+    store = jobs.JobStore(tmp_path / "jobs")
+    job = store.create(
+        jobs.TRAIN,
+        "night shift.csv",
+        {},
+        lambda target: target.write_bytes(small_training_csv.read_bytes()),
+    )
+    executor = jobs.TrainingExecutor(store, settings, poll_seconds=0.1)
+    # No signal before the wait below ends: the job is cancelled by the child stopping itself.
+    executor.escalation = ((120.0, 15), (150.0, 9))
+    runner = jobs.JobRunner(store, {jobs.TRAIN: executor}, {jobs.TRAIN: 1}, poll_seconds=0.1)
+    runner.start()
+    try:
+        _wait(lambda: (store.read(job.id, "progress.json") or {}).get("epoch", 0) >= 2, timeout=180)
+        store.request_cancel(job.id)
+        _wait(lambda: store.get(job.id).status == jobs.CANCELLED, timeout=60)
+    finally:
+        runner.stop()
+    error = store.read(job.id, "error.json")
+    assert error["type"] == "JobCancelledError" and "cancelled while training" in error["message"]
+    tracking.configure(settings)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert list(runs["status"]) == ["FAILED"]
+    assert list(runs["tags.mlflow.runName"]) == ["train-night shift"]  # the upload's name
+    assert tracking.list_versions(settings) == []

@@ -525,6 +525,8 @@ class TrainingExecutor:
     settings: Settings
     config_file: str | None = None
     poll_seconds: float = 0.5
+    # Seconds after a cancel at which the child is signalled if it has not stopped by itself.
+    escalation: tuple[tuple[float, int], ...] = ((30.0, signal.SIGTERM), (50.0, signal.SIGKILL))
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -552,24 +554,28 @@ class TrainingExecutor:
                 start_new_session=True,  # its own process group: cancel stops Prefect's server too
             )
         self.store.update(job.id, pid=process.pid)
-        cancelled = False
+        # A cancel is first the child's to honour: it stops at the next epoch and lets Prefect
+        # record the run as failed. Only a child that does not stop in time gets SIGTERM, then
+        # SIGKILL (its Prefect server, in the same process group, with it).
+        cancel_seen: float | None = None
+        signalled = 0
         while process.poll() is None:
             stage = (read_json(folder / "progress.json") or {}).get("stage")
             if (
-                not cancelled
+                cancel_seen is None
                 and self.store.cancel_requested(job.id)
                 and stage not in NO_RETURN_STAGES  # never stop it while it changes the registry
             ):
-                cancelled = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
+                cancel_seen = time.monotonic()
+            if cancel_seen is not None and stage not in NO_RETURN_STAGES:
+                waited = time.monotonic() - cancel_seen
+                for step, (grace, sig) in enumerate(self.escalation):
+                    if signalled == step and waited >= grace:
+                        signalled += 1
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(process.pid, sig)
             time.sleep(self.poll_seconds)
-        if cancelled and process.returncode != 0:
+        if cancel_seen is not None and process.returncode != 0:
             raise JobCancelledError("cancelled")
         if process.returncode != 0:
             error = read_json(folder / "error.json")
@@ -594,6 +600,7 @@ class TrainingProgress:
 
     def __init__(self, folder: Path, max_epochs: int, min_interval: float = 0.25) -> None:
         self.path = folder / "progress.json"
+        self.cancel_file = folder / "cancel"
         self.state: dict[str, Any] = {
             "stage": "validate",
             "stages_done": [],
@@ -627,8 +634,13 @@ class TrainingProgress:
         self.flush(force=True)
 
     def epoch(self, record: dict[str, float]) -> None:
-        """The flow's ``on_epoch`` callback: epoch, losses and validation macro-F1."""
+        """The flow's ``on_epoch`` callback: epoch, losses and validation macro-F1. Stops the
+        training (JobCancelledError) once the job was asked to cancel."""
         clean = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        if self.cancel_file.exists():
+            raise JobCancelledError(
+                f"cancelled while training, at epoch {len(self.state['history'])}"
+            )
         self.state["stage"] = "train"
         self.state["epoch"] = int(clean.get("epoch", len(self.state["history"]) + 1))
         self.state["history"].append(clean)
@@ -675,7 +687,10 @@ def _train_here(folder: Path) -> int:
         task_logger.setLevel(logging.INFO)
         task_logger.addHandler(_StageWatcher(progress))
         summary = training_flow(
-            str(folder / job.input_file), show_progress=False, on_epoch=progress.epoch
+            str(folder / job.input_file),
+            show_progress=False,
+            on_epoch=progress.epoch,
+            source_name=job.source,
         )
         progress.state["stage"] = "done"
         progress.flush(force=True)
