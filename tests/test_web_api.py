@@ -116,6 +116,8 @@ def test_training_upload_is_validated_at_once(
     assert good["validation"]["rows"] == len(small_training_frame)
     # A file checked for diagnosis cannot be trained on, and unknown ids are refused.
     assert client.post("/ui/api/training-jobs", json={"upload_id": "../x"}).status_code == 404
+    unknown_kind = client.get("/ui/api/jobs?kind=trian")
+    assert unknown_kind.status_code == 422 and "kind" in unknown_kind.json()["error"]
     # Copies count once, as training counts them: 6 incidents repeated 20 times are refused
     # here, not in a training job that fails after it was queued.
     copies = pd.concat([small_training_frame.groupby("label").head(1)] * 20, ignore_index=True)
@@ -164,6 +166,14 @@ def test_diagnose_one_incident_as_json(client: TestClient, unlabelled_frame: pd.
         headers={"content-type": "application/json"},
     ).json()
     assert literal["ok"] is False and "incident.feature2: NaN is not JSON" in literal["error"]
+    # A field given twice is refused: the parser would keep the last one without a word.
+    twice = client.post(
+        "/ui/api/diagnose",
+        content=b'{"incident": {"feature0": 1}, "deployment": "x", "deployment": null}',
+        headers={"content-type": "application/json"},
+    )
+    assert twice.status_code == 422
+    assert "'deployment' appears more than once" in twice.json()["error"]
 
 
 def test_diagnosis_job_table_and_downloads(

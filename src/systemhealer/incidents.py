@@ -13,6 +13,7 @@ checked in microseconds, not in the ~100 ms a GX run costs. Uploaded files take 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,22 @@ def describe_json(value: Any) -> str:
         shown = value if len(value) <= 20 else value[:20] + "…"
         return f"a string ({shown!r})"
     return names.get(kind, kind)
+
+
+def key_given_twice(body: bytes, keys: Sequence[str]) -> str | None:
+    """The first of ``keys`` that a JSON body's top-level object holds more than once, else
+    None. JSON parsers keep the last copy without a word, so ``{"deployment": "x",
+    "deployment": null}`` would quietly be scored with the training statistics."""
+    if not any(body.count(json.dumps(key).encode()) > 1 for key in keys):
+        return None  # the common case, decided without parsing
+    try:  # every object read as its list of (key, value) pairs
+        pairs = json.loads(body, object_pairs_hook=lambda items: items)
+    except (ValueError, RecursionError):
+        return None  # the caller's parser reports what is wrong with it
+    if not isinstance(pairs, list) or not all(isinstance(p, tuple) for p in pairs):
+        return None
+    names = [name for name, _ in pairs]
+    return next((k for i, k in enumerate(names) if k in keys and k in names[:i]), None)
 
 
 def _sample_id(incident: Mapping[str, Any], where: str, position: int) -> Any:

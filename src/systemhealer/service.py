@@ -33,7 +33,7 @@ from systemhealer.config import FAULT_CLASSES, load_settings
 from systemhealer.data import KPI_FEATURES, SAMPLE_ID
 from systemhealer.errors import DeploymentNotFoundError, ModelNotFoundError, SystemHealerError
 from systemhealer.http_guard import AnswerTimeout, RequestGuard
-from systemhealer.incidents import IncidentError, describe_json, parse_incidents
+from systemhealer.incidents import IncidentError, describe_json, key_given_twice, parse_incidents
 from systemhealer.serving import (
     ChampionWatcher,
     Diagnoses,
@@ -303,16 +303,6 @@ def _bad_body(message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=400)
 
 
-def _top_level_key_twice(body: bytes) -> str | None:
-    """A key the body's top-level object holds more than once (None: none does)."""
-    try:  # every object read as its list of (key, value) pairs
-        pairs = json.loads(body, object_pairs_hook=lambda items: items)
-    except (ValueError, RecursionError):
-        return None
-    keys = [key for key, _ in pairs]
-    return next((key for i, key in enumerate(keys) if key in keys[:i]), None)
-
-
 def _plain_request(body: bytes, field: str) -> tuple[Any, str | None] | JSONResponse:
     """``(payload[field], deployment)`` of a body of the form ``{field: ..., "deployment":
     null | "name"}``, or a 400 answer saying what is wrong with it (BentoML's own route would
@@ -332,12 +322,9 @@ def _plain_request(body: bytes, field: str) -> tuple[Any, str | None] | JSONResp
         return _bad_body(
             f"the body must be a JSON object with {expected}, got {describe_json(payload)}"
         )
-    if body.count(b'"deployment"') > 1 or body.count(f'"{field}"'.encode()) > 1:
-        # A top-level key twice? Both parsers keep the last one without a word, so
-        # {"deployment": "x", "deployment": null} would be scored with the training statistics.
-        twice = _top_level_key_twice(body)
-        if twice is not None:
-            return _bad_body(f"the key {twice!r} appears more than once in the body")
+    twice = key_given_twice(body, ("deployment", field))
+    if twice is not None:
+        return _bad_body(f"the key {twice!r} appears more than once in the body")
     unknown = sorted(set(payload) - {field, "deployment"})
     if unknown:
         names = ", ".join(repr(k) for k in unknown[:5])

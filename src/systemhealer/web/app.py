@@ -194,6 +194,14 @@ def create_app(
     )
     require_token = Depends(token_dependency(settings.serving.api_token))
 
+    async def keys_once(request: Request) -> None:
+        """Refuse a body that names a field twice (its parser would keep the last quietly)."""
+        from systemhealer.incidents import key_given_twice
+
+        twice = key_given_twice(await request.body(), tuple(IncidentsRequest.model_fields))
+        if twice is not None:
+            raise DataValidationError(f"the key {twice!r} appears more than once in the body")
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if run_jobs:
@@ -320,7 +328,9 @@ def create_app(
         return view
 
     @app.get(f"{API}/jobs")
-    def list_jobs(kind: Annotated[str | None, Query()] = None) -> list[dict[str, Any]]:
+    def list_jobs(
+        kind: Annotated[Literal["train", "diagnose"] | None, Query()] = None,
+    ) -> list[dict[str, Any]]:
         listed = store.list(kind)
         by_kind = {k: [j for j in listed if j.kind == k] for k in jobs.JOB_KINDS}
         return [job_view(j, full=False, listed=by_kind[j.kind]) for j in listed[:50]]
@@ -460,7 +470,7 @@ def create_app(
         uploads.discard(upload.id)
         return job_view(job, full=False)
 
-    @app.post(f"{API}/diagnose", dependencies=[require_token])
+    @app.post(f"{API}/diagnose", dependencies=[require_token, Depends(keys_once)])
     def diagnose_incidents(request: IncidentsRequest) -> dict[str, Any]:
         """Diagnose one incident or a short list sent as JSON: rows and chart data, or
         ``ok`` false and the field at fault."""
