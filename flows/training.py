@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, task
@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from systemhealer import pipeline, tracking
 from systemhealer.config import Settings, load_settings
+from systemhealer.data import data_name
 from systemhealer.locks import training_lock
 from systemhealer.training import EpochCallback, prepare_training_data
 
@@ -55,11 +56,13 @@ def training_flow(
     show_progress: bool = True,
     on_epoch: EpochCallback | None = None,
     source_name: str | None = None,
+    before_register: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train a fault-diagnosis model on a labelled file and register it behind the gate.
-    ``source_name`` names the MLflow run when ``path`` is a stored copy (a web upload)."""
+    ``source_name`` names the MLflow run when ``path`` is a stored copy (a web upload);
+    ``before_register`` is the last point at which the caller may stop the flow (it raises)."""
     settings = load_settings(config_file)
-    stem = Path(source_name or path).name.split(".")[0] or "data"
+    stem = data_name(source_name or path)
     # One training at a time per state folder (others queue); the lock also marks the runs of
     # trainings that died (SIGKILL, power loss) FAILED.
     with (
@@ -71,6 +74,8 @@ def training_flow(
         result = train(prepared, settings, on_epoch, show_progress)
         diagnoser = pipeline.build_diagnoser(prepared, result, settings)
         candidate = evaluate(prepared, diagnoser, result, settings)
+        if before_register is not None:
+            before_register()
         version = register(diagnoser, prepared, candidate, settings, run_id)
         decision = gate(version, candidate, prepared, settings)
         return pipeline.summary(run_id, version, candidate, decision, result)

@@ -196,6 +196,29 @@ def test_an_orderly_shutdown_leaves_the_running_job_to_run_again(tmp_path: Path)
     assert store.get(job.id).status == jobs.QUEUED
 
 
+def test_a_cancel_is_seen_before_a_training_registers_or_refused_after(tmp_path: Path) -> None:
+    """The commit point: a cancel accepted after the last epoch still stops the training
+    before it touches the registry; once committed, a cancel is refused."""
+    store = jobs.JobStore(tmp_path)
+    cancelled, committed = (_new(store, jobs.TRAIN, "train.csv") for _ in range(2))
+    for job in (cancelled, committed):
+        store.update(job.id, status=jobs.RUNNING)
+    progress = jobs.TrainingProgress(store.folder(cancelled.id), max_epochs=5)
+    progress.stage("evaluate", done=False)  # training over, not registered yet
+    store.request_cancel(cancelled.id)
+    with pytest.raises(jobs.JobCancelledError, match="before the model was registered"):
+        progress.commit()
+    with pytest.raises(jobs.JobCancelledError, match=r"epoch 3\)"):
+        progress.epoch({"epoch": 3, "train_loss": 0.5})
+
+    progress = jobs.TrainingProgress(store.folder(committed.id), max_epochs=5)
+    progress.commit()
+    assert store.read(committed.id, "progress.json")["stage"] == "register"
+    with pytest.raises(jobs.JobConflictError, match="registering its model"):
+        store.request_cancel(committed.id)
+    assert not store.cancel_requested(committed.id)
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_cancelling_a_training_stops_it_at_the_next_epoch(

@@ -36,6 +36,16 @@ def clipped(text: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def data_name(path: str | Path) -> str:
+    """A data file's name without folder and type suffix (``night.2024.06.csv.gz`` →
+    ``night.2024.06``), to name runs and reports after it."""
+    name = Path(path).name
+    for suffix in (".csv.gz", *SUPPORTED_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or "data"
+    return name or "data"
+
+
 def file_format(path: Path) -> str:
     """'parquet' or 'csv', judged by the file name (``.csv.gz`` is CSV)."""
     name = path.name.lower()

@@ -88,6 +88,18 @@ class JobConflictError(SystemHealerError):
     http_status = 409
 
 
+@contextlib.contextmanager
+def cancel_lock(folder: Path) -> Iterator[None]:
+    """Held while a cancel is accepted, while a training commits to registering its model and
+    while the executor signals it: a cancel is either seen before the commit or refused."""
+    fd = os.open(folder / "cancel.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -267,13 +279,17 @@ class JobStore:
                 return self.update(job_id, status=CANCELLED, finished_at=_now())
             if job.status in FINISHED:
                 raise JobConflictError(f"job {job_id} has already {job.status}: nothing to cancel")
-            stage = (self.read(job_id, "progress.json") or {}).get("stage")
-            if job.kind == TRAIN and stage in NO_RETURN_STAGES:
-                raise JobConflictError(
-                    f"job {job_id} is registering its model ({stage}): too late to cancel; "
-                    "roll the champion back on the Models page if needed"
-                )
-            (self.folder(job_id) / "cancel").touch()
+            with cancel_lock(self.folder(job_id)):
+                stage = (self.read(job_id, "progress.json") or {}).get("stage")
+                if job.kind == TRAIN and stage in NO_RETURN_STAGES:
+                    doing = (
+                        "has finished" if stage == "done" else f"is registering its model ({stage})"
+                    )
+                    raise JobConflictError(
+                        f"job {job_id} {doing}: too late to cancel; "
+                        "roll the champion back on the Models page if needed"
+                    )
+                (self.folder(job_id) / "cancel").touch()
             return job
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -554,31 +570,31 @@ class TrainingExecutor:
                 start_new_session=True,  # its own process group: cancel stops Prefect's server too
             )
         self.store.update(job.id, pid=process.pid)
-        # A cancel is first the child's to honour: it stops at the next epoch and lets Prefect
-        # record the run as failed. Only a child that does not stop in time gets SIGTERM, then
-        # SIGKILL (its Prefect server, in the same process group, with it).
+        # A cancel is first the child's to honour: it stops at its next epoch, or at the latest
+        # before registering (TrainingProgress.commit), and lets Prefect record the run as
+        # failed. Only a child that does not stop in time gets SIGTERM, then SIGKILL (its Prefect
+        # server, in the same process group, with it) - never once it has committed.
         cancel_seen: float | None = None
         signalled = 0
         while process.poll() is None:
-            stage = (read_json(folder / "progress.json") or {}).get("stage")
-            if (
-                cancel_seen is None
-                and self.store.cancel_requested(job.id)
-                and stage not in NO_RETURN_STAGES  # never stop it while it changes the registry
-            ):
+            if cancel_seen is None and self.store.cancel_requested(job.id):
                 cancel_seen = time.monotonic()
-            if cancel_seen is not None and stage not in NO_RETURN_STAGES:
+            if cancel_seen is not None:
                 waited = time.monotonic() - cancel_seen
                 for step, (grace, sig) in enumerate(self.escalation):
                     if signalled == step and waited >= grace:
-                        signalled += 1
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(process.pid, sig)
+                        with cancel_lock(folder):  # not once it has committed to registering
+                            stage = (read_json(folder / "progress.json") or {}).get("stage")
+                            if stage not in NO_RETURN_STAGES:
+                                signalled += 1
+                                with contextlib.suppress(ProcessLookupError):
+                                    os.killpg(process.pid, sig)
             time.sleep(self.poll_seconds)
-        if cancel_seen is not None and process.returncode != 0:
-            raise JobCancelledError("cancelled")
         if process.returncode != 0:
             error = read_json(folder / "error.json")
+            stopped = signalled and process.returncode in (143, -signal.SIGTERM, -signal.SIGKILL)
+            if stopped or (isinstance(error, dict) and error.get("type") == "JobCancelledError"):
+                raise JobCancelledError("cancelled")
             if isinstance(error, dict) and error.get("message"):
                 raise SystemHealerError(str(error["message"]))
             raise SystemHealerError(
@@ -639,12 +655,21 @@ class TrainingProgress:
         clean = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
         if self.cancel_file.exists():
             raise JobCancelledError(
-                f"cancelled while training, at epoch {len(self.state['history'])}"
+                f"cancelled while training (epoch {int(clean.get('epoch', 0))})"
             )
         self.state["stage"] = "train"
         self.state["epoch"] = int(clean.get("epoch", len(self.state["history"]) + 1))
         self.state["history"].append(clean)
         self.flush()
+
+    def commit(self) -> None:
+        """The flow's ``before_register`` callback: the last point a cancel stops the training.
+        Past it, the registry changes and a cancel is refused."""
+        with cancel_lock(self.path.parent):
+            if self.cancel_file.exists():
+                raise JobCancelledError("cancelled before the model was registered")
+            self.state["stage"] = "register"
+            self.flush(force=True)
 
 
 class _StageWatcher(logging.Handler):
@@ -690,6 +715,7 @@ def _train_here(folder: Path) -> int:
             str(folder / job.input_file),
             show_progress=False,
             on_epoch=progress.epoch,
+            before_register=progress.commit,
             source_name=job.source,
         )
         progress.state["stage"] = "done"

@@ -439,8 +439,8 @@ def create_app(
                 lambda target: os.replace(upload.path, target),
             )
         except FileNotFoundError as exc:  # a second request for the same upload won the race
-            raise jobs.JobNotFoundError(
-                f"upload {request.upload_id!r} was already queued for training"
+            raise jobs.JobConflictError(
+                f"upload {request.upload_id!r} is gone: queued by another request, or expired"
             ) from exc
         store.write(job.id, "validation.json", upload.meta.get("validation"))
         uploads.discard(upload.id)

@@ -130,7 +130,9 @@
     status.textContent = "";
     status.appendChild(SH.badge(job.status));
     status.appendChild(h("span.muted.small", "  ", SH.when(job.created_at)));
-    document.getElementById("cancel-job").hidden = !["queued", "running"].includes(job.status);
+    // Once the model is being registered a cancel is refused (409): no button for it.
+    const registering = ["register", "gate", "done"].includes((job.progress || {}).stage);
+    document.getElementById("cancel-job").hidden = !["queued", "running"].includes(job.status) || registering;
     renderProgress(job);
     const result = document.getElementById("job-result");
     if (job.status === "succeeded" && job.result) {
