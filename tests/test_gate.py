@@ -125,3 +125,23 @@ def test_a_gate_that_fails_leaves_a_verdict_on_the_version(
         version.tags["gate"] == "failed" and "registry unreachable" in version.tags["gate_reason"]
     )
     assert tracking.champion(settings) is None
+
+
+def test_a_model_trained_without_some_fault_classes_never_replaces_the_champion(
+    prefect_harness, small_training_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scored on rows of two classes, a two-class model looks as good as the champion; it
+    cannot diagnose the other four, so the gate keeps the champion."""
+    import pandas as pd
+
+    from flows.training import training_flow
+
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "state"))
+    first = training_flow(str(small_training_csv), show_progress=False)
+    two_classes = tmp_path / "two_classes.csv"
+    frame = pd.read_csv(small_training_csv)
+    frame[frame["label"] <= 1].to_csv(two_classes, index=False)
+    second = training_flow(str(two_classes), show_progress=False)
+    assert not second["promoted"]
+    assert "fault class(es) 2, 3, 4, 5" in second["gate_reason"]
+    assert tracking.champion(load_settings()).version == first["model_version"]

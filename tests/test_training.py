@@ -175,3 +175,6 @@ def test_gate_compares_the_mean_shift_score() -> None:
     assert not gate_decision(fragile, "1", champion, "", gate_on_shift=True)[0]
     steadier = HoldoutScores(0.80, 0.83, 0.20, 0.83, 0.86, 0.82)
     assert gate_decision(steadier, "1", champion, "", gate_on_shift=True)[0]
+    # Better everywhere, on rows without two classes the champion diagnoses: rejected.
+    promoted, reason = gate_decision(steadier, "1", champion, "", True, lost_classes=[3, 5])
+    assert not promoted and "fault class(es) 3, 5, which v1 diagnoses" in reason

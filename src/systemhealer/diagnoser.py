@@ -93,6 +93,14 @@ class FaultDiagnoser:
         the deployment's estimated class mix (see :func:`read_at_class_mix`)."""
         return read_at_class_mix(self, name, reference)
 
+    @property
+    def trained_classes(self) -> frozenset[int] | None:
+        """The fault classes this model was trained on (None: not recorded with the model)."""
+        if self.class_response is None:
+            return None
+        seen = ~np.isnan(self.class_response).all(axis=0)
+        return frozenset(int(c) for c in np.flatnonzero(seen))
+
     def measure_class_response(self, features: pd.DataFrame, labels: np.ndarray) -> None:
         """Record the network's average output per fault class over (training) incidents."""
         self.class_response = class_response(self.probabilities(features), labels)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,19 +261,21 @@ class GateDecision:
 
 def champion_scores(
     prepared: PreparedData, settings: Settings
-) -> tuple[str | None, HoldoutScores | None, str]:
+) -> tuple[str | None, HoldoutScores | None, str, list[int]]:
     """The current champion's scores on this run's held-out rows (None if there is none or it
-    cannot be loaded; the last item says why)."""
+    cannot be loaded; the third item says why) and the fault classes it diagnoses that this
+    run's data lacks."""
     current = tracking.champion(settings)
     if current is None:
-        return None, None, "no champion yet"
+        return None, None, "no champion yet", []
     try:
         diagnoser, _ = tracking.load_diagnoser(
             settings, tracking.version_uri(settings, current.version)
         )
     except SystemHealerError as exc:
-        return current.version, None, f"champion v{current.version} cannot be loaded ({exc})"
-    return current.version, holdout_scores(diagnoser, prepared, settings), ""
+        return current.version, None, f"champion v{current.version} cannot be loaded ({exc})", []
+    lost = sorted((diagnoser.trained_classes or frozenset()) - set(np.unique(prepared.labels)))
+    return current.version, holdout_scores(diagnoser, prepared, settings), "", lost
 
 
 def gate_decision(
@@ -281,11 +284,20 @@ def gate_decision(
     champion: HoldoutScores | None,
     why_none: str,
     gate_on_shift: bool,
+    lost_classes: Sequence[int] = (),
 ) -> tuple[bool, str]:
     """Promote if at least as good as the champion on the same rows: in-distribution macro-F1
-    and, when ``gate_on_shift``, the shift score (mean of the calibrated simulations) too."""
+    and, when ``gate_on_shift``, the shift score (mean of the calibrated simulations) too.
+    Never promote a model that cannot diagnose fault classes the champion diagnoses
+    (``lost_classes``): its scores, on rows without those classes, cannot show the loss."""
     if champion is None:
         return True, why_none
+    if lost_classes:
+        names = ", ".join(str(c) for c in lost_classes)
+        return False, (
+            f"the training data has no incidents of fault class(es) {names}, which "
+            f"v{champion_version} diagnoses: not promoted (`systemhealer promote` if intended)"
+        )
     compared = [("macro-F1", candidate.eval_macro_f1, champion.eval_macro_f1)]
     if gate_on_shift:
         compared.append(("shift score", candidate.shift_score, champion.shift_score))
@@ -307,9 +319,9 @@ def decide_gate(
     same held-out rows (or there is no champion), and tag the version with the verdict. A gate
     that fails tags it ``gate=failed``: no registered version is left without a verdict."""
     try:
-        champion_version, champion, why_none = champion_scores(prepared, settings)
+        champion_version, champion, why_none, lost = champion_scores(prepared, settings)
         promoted, reason = gate_decision(
-            scores, champion_version, champion, why_none, settings.evaluation.gate_on_shift
+            scores, champion_version, champion, why_none, settings.evaluation.gate_on_shift, lost
         )
         verdict = "promoted" if promoted else "rejected"
         tracking.set_version_tags(
