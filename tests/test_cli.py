@@ -79,6 +79,29 @@ def test_validate_names_every_problem(tmp_path, small_training_frame, capsys, mo
     assert code == 0 and out.startswith("VALID"), out
 
 
+def test_bad_settings_and_arguments_are_usage_errors(
+    tmp_path, small_training_frame, capsys, monkeypatch
+) -> None:
+    """Exit 2 (or the error's own code) and one line, never an 'internal error'."""
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "empty-state"))
+    code, _, err = run_cli(["models", "--config", str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and "cannot be read" in err, err
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__HIDDEN_SIZES", "[64,")
+    code, _, err = run_cli(["models"], capsys, monkeypatch)
+    assert code == 2 and "invalid settings in the environment" in err, err
+    monkeypatch.delenv("SYSTEMHEALER_TRAINING__HIDDEN_SIZES")
+    code, _, err = run_cli(["serve", "--port", "99999"], capsys, monkeypatch)
+    assert code == 2 and "--port" in err, err
+    tiny = tmp_path / "tiny.csv"
+    small_training_frame.groupby("label").head(10).to_csv(tiny, index=False)
+    code, _, err = run_cli(["crossval", str(tiny), "--folds", "20"], capsys, monkeypatch)
+    assert code not in (0, 70) and "20 folds need 20 distinct incidents" in err, err
+    # Nothing to compare a file with is an error, not "no drift".
+    code, _, err = run_cli(["drift", str(tiny), "--fail-on-drift"], capsys, monkeypatch)
+    assert code == 3 and "nothing checked: no champion" in err, err
+    assert "internal error" not in err
+
+
 @pytest.mark.integration
 def test_train_refuses_broken_files_and_keeps_the_champion(
     trained_state, tmp_path, small_training_frame, capsys, monkeypatch

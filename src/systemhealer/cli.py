@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from systemhealer.config import Settings, load_settings
-from systemhealer.errors import DataValidationError, SystemHealerError
+from systemhealer.errors import DataValidationError, ModelNotFoundError, SystemHealerError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -342,7 +342,6 @@ def calibrate(
 ) -> None:
     """Register or replace deployment NAME from a reference window of its incidents."""
     from systemhealer import deployments, tracking, validation
-    from systemhealer.errors import ModelNotFoundError
 
     settings = _settings(config)
     _deployment_name(name, "NAME", training_allowed=False)
@@ -612,7 +611,8 @@ def info(config: ConfigOption = None) -> None:
 @app.command()
 def serve(
     port: Annotated[
-        int | None, typer.Option("--port", help="Port (default: serving.port, 3000).")
+        int | None,
+        typer.Option("--port", min=1, max=65535, help="Port (default: serving.port, 3000)."),
     ] = None,
     host: Annotated[
         str | None,
@@ -755,6 +755,9 @@ def drift(
     outcome = drift_flow(
         str(config.resolve()) if config else None, str(path.resolve()) if path else None, name
     )
+    if outcome.get("reason") and (path is not None or fail_on_drift):
+        # Files that could not be checked (no champion to compare with): not "no drift".
+        raise ModelNotFoundError(f"nothing checked: {outcome['reason']}")
     if as_json:
         _echo_json(outcome)
     else:

@@ -19,6 +19,7 @@ from systemhealer import deployments
 from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES, LABEL, Split
 from systemhealer.diagnoser import FaultDiagnoser
+from systemhealer.errors import TrainingError
 from systemhealer.evaluation import balanced_macro_f1, macro_f1
 from systemhealer.features import DeploymentStats, KpiPreprocessor
 from systemhealer.shift import SimulatedScores, shift_score, simulate_deployments
@@ -59,6 +60,14 @@ class FoldScores:
 def group_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     """Row positions of each fold; whole groups, stratified by each group's first label."""
     _, first_row, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    counts = np.bincount(labels[first_row])
+    short = [(c, int(n)) for c, n in enumerate(counts) if 0 < n < folds]
+    if short:
+        found = ", ".join(f"class {c} has {n}" for c, n in short)
+        raise TrainingError(
+            f"{folds} folds need {folds} distinct incidents of each fault class, but {found} "
+            "(copies and near-copies count once); use fewer folds"
+        )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     positions = np.arange(len(labels))
     return [
