@@ -13,7 +13,7 @@ import pytest
 from systemhealer import assessment, deployments, tracking
 from systemhealer.config import load_settings
 from systemhealer.data import KPI_FEATURES
-from systemhealer.errors import ConfigError
+from systemhealer.errors import ConfigError, DataValidationError
 from systemhealer.locks import RUN_LOCK_TAG, TRAINING, lock_tag, state_lock
 from systemhealer.shift import apply_shift, random_shift
 
@@ -160,6 +160,22 @@ def test_calibrate_refuses_bad_names_and_files(
         monkeypatch,
     )
     assert code == 3 and "no deployment named 'nowhere'" in err
+    code, _, err = run_cli(["calibrate", "Training", str(good)], capsys, monkeypatch)
+    assert code == 2 and "invalid deployment name" in err  # the training statistics' name
+
+
+def test_deployment_names_differing_only_in_case_are_refused(
+    tmp_path: Path, unlabelled_frame: pd.DataFrame, monkeypatch
+) -> None:
+    """On a case-insensitive file system 'DC2' and 'dc2' would share their files."""
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path))
+    settings = load_settings()
+    window = unlabelled_frame.iloc[:100]
+    deployments.register_deployment(settings, "DC2", window, "dc2.csv")
+    with pytest.raises(DataValidationError, match="'DC2' exists: names may not differ only in"):
+        deployments.register_deployment(settings, "dc2", window, "dc2.csv")
+    deployments.register_deployment(settings, "DC2", window, "again.csv")  # replacing is fine
+    assert [d.name for d in deployments.list_deployments(settings)] == ["DC2"]
 
 
 def test_calibrate_refuses_windows_the_model_cannot_read_and_warns_about_weak_ones(

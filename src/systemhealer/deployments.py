@@ -60,7 +60,7 @@ class DeploymentInfo:
 
 def check_name(name: str) -> str:
     """Deployment names become file names: letters, digits, ``_.-``, at most 64 characters."""
-    if not _NAME.fullmatch(name or "") or name == TRAINING_DEPLOYMENT:
+    if not _NAME.fullmatch(name or "") or name.casefold() == TRAINING_DEPLOYMENT.casefold():
         raise DataValidationError(
             f"invalid deployment name {name!r}: use 1-64 letters, digits, '_', '.', '-' "
             f"(not starting with a symbol, not '{TRAINING_DEPLOYMENT}')"
@@ -89,6 +89,20 @@ def register_deployment(
     # Write both files under temporary names, then rename: a failure never leaves half a
     # deployment; under a lock, so two calibrations of one name never mix their files.
     with state_lock(settings, "deployments"):
+        # Names differing only in case would share files on a case-insensitive file system.
+        twin = next(
+            (
+                d.name
+                for d in list_deployments(settings)
+                if d.name != name and d.name.casefold() == name.casefold()
+            ),
+            None,
+        )
+        if twin is not None:
+            raise DataValidationError(
+                f"deployment {twin!r} exists: names may not differ only in case; "
+                f"replace {twin!r} or choose another name"
+            )
         for target, write in (
             (data_path, lambda p: reference.reset_index(drop=True).to_parquet(p, index=False)),
             (meta_path, lambda p: Path(p).write_text(json.dumps(info.to_dict(), indent=2))),
