@@ -208,6 +208,11 @@ def test_duplicate_columns_are_refused(tmp_path: Path) -> None:
     path.write_text(",".join([*KPI_FEATURES, "feature3"]) + "\n")
     with pytest.raises(DataValidationError, match="duplicate column names: feature3"):
         open_source(path)
+    # A repeated name in place of another column: named as such, not as "missing feature4".
+    renamed = [("feature3" if c == "feature4" else c) for c in KPI_FEATURES]
+    path.write_text(",".join(renamed) + "\n")
+    with pytest.raises(DataValidationError, match="duplicate column names: feature3$"):
+        open_source(path)
 
 
 def test_atomic_writer_renames_on_commit_and_leaves_nothing_on_failure(tmp_path: Path) -> None:

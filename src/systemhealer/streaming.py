@@ -128,7 +128,14 @@ def check_source_file(path: Path) -> None:
 
 
 def check_columns(names: list[str], path: Path) -> None:
-    """The contract's schema part: every KPI column present, no duplicate names."""
+    """The contract's schema part: no duplicate names (first: a repeated column also makes
+    another one look missing), every KPI column present."""
+    counts = Counter(name for name in names if name)
+    duplicated = sorted(name for name, count in counts.items() if count > 1)
+    if duplicated:
+        raise DataValidationError(
+            f"{path}: duplicate column names: {', '.join(map(clipped, duplicated[:8]))}"
+        )
     absent = [c for c in KPI_FEATURES if c not in names]
     if absent:
         header = ",".join(names)
@@ -142,11 +149,6 @@ def check_columns(names: list[str], path: Path) -> None:
         extra = [c for c in names if c not in (*KPI_FEATURES, SAMPLE_ID, "label")]
         hint = f"; unexpected columns: {', '.join(map(clipped, extra[:5]))}" if extra else ""
         raise DataValidationError(f"{path}: missing columns: {shown}{hint}")
-    duplicated = sorted(name for name, n in Counter(names).items() if n > 1)
-    if duplicated:
-        raise DataValidationError(
-            f"{path}: duplicate column names: {', '.join(map(clipped, duplicated[:8]))}"
-        )
 
 
 def _codec(path: Path) -> str | None:
