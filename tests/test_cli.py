@@ -132,6 +132,7 @@ def test_predict_cli_and_bad_input(
     assert "scoring:" not in err  # no progress bar when standard error is not a terminal
     result = pd.read_csv(out_file)
     assert result["sample_id"].tolist() == list(range(50))  # row numbers when there is no id
+    assert "no sample_id column" in out  # and the output says so
     code, _, err = run_cli(
         ["predict", str(source), "-o", str(tmp_path / "again.csv"), "--progress"],
         capsys,

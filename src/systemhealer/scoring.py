@@ -107,6 +107,8 @@ class ScoringSummary:
     source: str = ""
     model: str = ""
     contract_sample: dict[str, Any] | None = None
+    # The input had no sample_id column: the output numbers its incidents in file order.
+    generated_ids: bool = False
     # Seconds per stage (the parser thread's time overlaps the others').
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -171,6 +173,7 @@ def score_file(
         deployment=deployment.name if deployment else TRAINING_DEPLOYMENT,
         seconds=time.perf_counter() - started,
         source=str(path),
+        generated_ids=SAMPLE_ID not in raw.columns,
     )
 
 
@@ -815,6 +818,7 @@ def stream_file(
         source=str(path),
         model=loaded.description,
         contract_sample=contract_result,
+        generated_ids=SAMPLE_ID not in source.include,
         stage_seconds={k: round(v, 2) for k, v in tally.stages.items()},
     )
 
@@ -1011,6 +1015,7 @@ def merge_partitions(
         source=str(path),
         model=model.description,
         contract_sample=contract,
+        generated_ids=bool(parts) and parts[0].generated_ids,
     )
 
 
@@ -1055,6 +1060,11 @@ def summary_text(summary: ScoringSummary) -> str:
         + (f" in {summary.partitions} partitions" if summary.partitions > 1 else "")
         + _fixed_costs(summary.stage_seconds),
     ]
+    if summary.generated_ids:
+        lines.append(
+            f"note: the file has no {SAMPLE_ID} column; the output's {SAMPLE_ID} is each "
+            "incident's row number in the file, from 0"
+        )
     if summary.bad_rows_file is not None:
         lines.append(f"bad rows: {summary.bad_rows} set aside → {summary.bad_rows_file}")
     if summary.empty_rows:
