@@ -211,7 +211,7 @@ def test_duplicate_columns_are_refused(tmp_path: Path) -> None:
     # A repeated name in place of another column: named as such, not as "missing feature4".
     renamed = [("feature3" if c == "feature4" else c) for c in KPI_FEATURES]
     path.write_text(",".join(renamed) + "\n")
-    with pytest.raises(DataValidationError, match="duplicate column names: feature3$"):
+    with pytest.raises(DataValidationError, match=r"duplicate column names: feature3$"):
         open_source(path)
 
 

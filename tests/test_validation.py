@@ -64,6 +64,18 @@ def test_text_labels_block_training_but_only_warn_when_diagnosing(frame: pd.Data
     assert "name it 'label'" in renamed.warnings[0].message
 
 
+def test_repeated_sample_ids_are_a_warning(frame: pd.DataFrame) -> None:
+    incidents = frame.copy()
+    assert not any(i.check == "repeated_ids" for i in check(incidents).issues)
+    incidents["sample_id"] = incidents["sample_id"].astype(object)
+    incidents.loc[[3, 7], "sample_id"] = incidents.loc[1, "sample_id"]
+    incidents.loc[[20, 21], "sample_id"] = None  # missing ids are not repeated ones
+    report = check(incidents)
+    (issue,) = [i for i in report.issues if i.check == "repeated_ids"]
+    assert report.ok and not issue.blocking
+    assert "1 sample_id(s) appear more than once, on 3 rows" in issue.message
+
+
 def test_row_count_and_class_count(frame: pd.DataFrame) -> None:
     assert {i.check for i in check(frame.head(10)).errors} >= {"row_count"}
     single = frame.copy()

@@ -345,7 +345,15 @@ def _worded(issue: ValidationIssue) -> ValidationIssue:
 
 
 # The order in which validate_frame reports its findings (the contract's checks between).
-_ORDER = {"schema": 0, "type": 1, "infinite": 3, "empty_rows": 4, "label_name": 5, "drift": 6}
+_ORDER = {
+    "schema": 0,
+    "type": 1,
+    "infinite": 3,
+    "empty_rows": 4,
+    "label_name": 5,
+    "repeated_ids": 5,
+    "drift": 6,
+}
 _COLUMNS = {name: i for i, name in enumerate([*KPI_FEATURES, LABEL])}
 
 
@@ -406,12 +414,14 @@ def validate_frame(
     profile: DataProfile | None = None,
     baseline: str = "training",
     first_row: int = 0,
+    check_ids: bool = True,
 ) -> tuple[ValidationReport, pd.DataFrame]:
     """Validate incidents; return the report and the frame with numeric columns coerced.
     With a ``profile``, value ranges and missing fractions are checked against it; ``baseline``
     names what it was learned from in the warnings ("training", or a deployment's window).
     ``first_row``: the position of the frame's first row in its file, for the rows named (see
-    :class:`ChunkedValidation`)."""
+    :class:`ChunkedValidation`); ``check_ids``: warn about repeated sample ids (off for a chunk,
+    which holds only part of the ids)."""
     report = ValidationReport(source=source, rows=len(raw), columns=raw.shape[1])
     raw = raw.reset_index(drop=True)
     raw.columns = [str(c).strip() for c in raw.columns]
@@ -468,6 +478,8 @@ def validate_frame(
                 column=lookalikes[0],
             )
         )
+    if check_ids and SAMPLE_ID in raw.columns:
+        report.issues.extend(_repeated_ids(raw[SAMPLE_ID]))
     if profile is not None and report.ok and len(frame):
         drift_issues, checks = _drift_check(
             drift_table(frame, profile), profile, settings, baseline
@@ -475,6 +487,25 @@ def validate_frame(
         report.issues.extend(drift_issues)
         report.checks_run += checks
     return report, frame
+
+
+def _repeated_ids(ids: pd.Series) -> list[ValidationIssue]:
+    """A warning if some sample ids appear more than once: their diagnoses cannot be told apart
+    by id (missing ids are not counted)."""
+    repeated = ids[ids.duplicated(keep=False) & ids.notna()]
+    if repeated.empty:
+        return []
+    distinct = pd.unique(repeated)
+    shown = ", ".join(clipped(v) for v in distinct[:5])
+    return [
+        ValidationIssue(
+            "repeated_ids",
+            f"{len(distinct)} {SAMPLE_ID}(s) appear more than once, on {len(repeated)} rows "
+            f"(e.g. {shown}): their diagnoses cannot be told apart by id",
+            blocking=False,
+            column=SAMPLE_ID,
+        )
+    ]
 
 
 class ChunkedValidation:
@@ -518,7 +549,7 @@ class ChunkedValidation:
             return raw
         first_row = self.report.rows
         chunk, frame = validate_frame(
-            raw, self.report.source, self.settings, False, first_row=first_row
+            raw, self.report.source, self.settings, False, first_row=first_row, check_ids=False
         )
         self.report.rows += chunk.rows
         self.report.columns = chunk.columns
