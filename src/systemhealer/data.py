@@ -122,10 +122,10 @@ def read_incidents(path: Path | str) -> pd.DataFrame:
         if file_format(path) == "parquet":
             import pyarrow.parquet as pq
 
-            _refuse_duplicate_names(pq.read_schema(path).names, path)
+            refuse_duplicate_names(pq.read_schema(path).names, path)
             frame = pd.read_parquet(path)
         else:
-            _refuse_duplicate_names(_csv_header(path), path)
+            refuse_duplicate_names(_csv_header(path), path)
             frame = pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError as exc:  # a ValueError: before the clause below
         raise DataValidationError(f"{path}: no header and no rows") from exc
@@ -161,7 +161,7 @@ def _parquet_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float
     import pyarrow.parquet as pq
 
     with pq.ParquetFile(path) as file:
-        _refuse_duplicate_names(file.schema_arrow.names, path)
+        refuse_duplicate_names(file.schema_arrow.names, path)
         total, done = file.metadata.num_rows, 0
         for batch in file.iter_batches(batch_size=rows):
             done += batch.num_rows
@@ -172,7 +172,7 @@ def _parquet_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float
 
 def _csv_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, float]]:
     header = _csv_header(path)
-    _refuse_duplicate_names(header, path)
+    refuse_duplicate_names(header, path)
     id_name = next((name for name in header if str(name).strip() == SAMPLE_ID), None)
     ids = None if id_name is None else _whole_file_ids(path, id_name, rows)
     done = 0
@@ -242,7 +242,8 @@ def refuse_unpacked_over(path: Path | str, max_bytes: int, setting: str) -> None
         )
 
 
-def _refuse_duplicate_names(names: Iterable[object], path: Path) -> None:
+def refuse_duplicate_names(names: Iterable[object], path: Path) -> None:
+    """A DataValidationError naming the column names the header repeats (blank ones aside)."""
     counts = Counter(str(name).strip() for name in names if str(name).strip())
     duplicated = sorted(name for name, n in counts.items() if n > 1)
     if duplicated:

@@ -100,6 +100,11 @@ def cancel_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _training_stage(folder: Path) -> str | None:
+    """The stage a training job's ``progress.json`` says it is in."""
+    return (read_json(folder / "progress.json") or {}).get("stage")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -280,7 +285,7 @@ class JobStore:
             if job.status in FINISHED:
                 raise JobConflictError(f"job {job_id} has already {job.status}: nothing to cancel")
             with cancel_lock(self.folder(job_id)):
-                stage = (self.read(job_id, "progress.json") or {}).get("stage")
+                stage = _training_stage(self.folder(job_id))
                 if job.kind == TRAIN and stage in NO_RETURN_STAGES:
                     doing = (
                         "has finished" if stage == "done" else f"is registering its model ({stage})"
@@ -579,16 +584,14 @@ class TrainingExecutor:
         while process.poll() is None:
             if cancel_seen is None and self.store.cancel_requested(job.id):
                 cancel_seen = time.monotonic()
-            if cancel_seen is not None:
-                waited = time.monotonic() - cancel_seen
-                for step, (grace, sig) in enumerate(self.escalation):
-                    if signalled == step and waited >= grace:
-                        with cancel_lock(folder):  # not once it has committed to registering
-                            stage = (read_json(folder / "progress.json") or {}).get("stage")
-                            if stage not in NO_RETURN_STAGES:
-                                signalled += 1
-                                with contextlib.suppress(ProcessLookupError):
-                                    os.killpg(process.pid, sig)
+            if cancel_seen is not None and signalled < len(self.escalation):
+                grace, sig = self.escalation[signalled]
+                if time.monotonic() - cancel_seen >= grace:
+                    with cancel_lock(folder):  # not once it has committed to registering
+                        if _training_stage(folder) not in NO_RETURN_STAGES:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.killpg(process.pid, sig)
+                            signalled += 1
             time.sleep(self.poll_seconds)
         if process.returncode != 0:
             error = read_json(folder / "error.json")

@@ -20,7 +20,6 @@ import os
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from systemhealer.data import KPI_FEATURES, SAMPLE_ID, clipped, file_format
+from systemhealer.data import (
+    KPI_FEATURES,
+    SAMPLE_ID,
+    clipped,
+    file_format,
+    refuse_duplicate_names,
+)
 from systemhealer.errors import DataValidationError
 
 # pandas.read_csv's default spellings of a missing value: the one-shot path reads with pandas,
@@ -130,12 +135,7 @@ def check_source_file(path: Path) -> None:
 def check_columns(names: list[str], path: Path) -> None:
     """The contract's schema part: no duplicate names (first: a repeated column also makes
     another one look missing), every KPI column present."""
-    counts = Counter(name for name in names if name)
-    duplicated = sorted(name for name, count in counts.items() if count > 1)
-    if duplicated:
-        raise DataValidationError(
-            f"{path}: duplicate column names: {', '.join(map(clipped, duplicated[:8]))}"
-        )
+    refuse_duplicate_names(names, path)
     absent = [c for c in KPI_FEATURES if c not in names]
     if absent:
         header = ",".join(names)
