@@ -210,9 +210,14 @@ class CsvSource:
             text = line.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise DataValidationError(f"{path}: not a readable CSV file (not UTF-8 text)") from exc
-        try:
-            names = next(csv.reader(io.StringIO(text)), [])
-        except csv.Error as exc:  # e.g. a field over csv's limit (a file without line breaks)
+        try:  # pandas, as validation reads it: no limit on a column name's length
+            header = pd.read_csv(
+                io.StringIO(text), header=None, nrows=1, dtype=str, keep_default_na=False
+            )
+            names = header.iloc[0].tolist() if len(header) else []
+        except pd.errors.EmptyDataError:
+            names = []
+        except pd.errors.ParserError as exc:
             raise DataValidationError(
                 f"{path}: the first line is not a CSV header ({exc}); is this a CSV file?"
             ) from exc
