@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -133,6 +134,13 @@ def test_predict_cli_and_bad_input(
     result = pd.read_csv(out_file)
     assert result["sample_id"].tolist() == list(range(50))  # row numbers when there is no id
     assert "no sample_id column" in out  # and the output says so
+    assert "existed" not in out
+    code, out, _ = run_cli(
+        ["predict", str(source), "--output", str(out_file), "--json"], capsys, monkeypatch
+    )
+    assert code == 0 and json.loads(out)["replaced_output"] is True
+    code, out, _ = run_cli(["predict", str(source), "-o", str(out_file)], capsys, monkeypatch)
+    assert code == 0 and f"{out_file} existed; the earlier diagnoses in it are replaced" in out
     code, _, err = run_cli(
         ["predict", str(source), "-o", str(tmp_path / "again.csv"), "--progress"],
         capsys,

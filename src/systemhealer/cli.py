@@ -221,6 +221,7 @@ def predict(
     progress = _show_progress(progress)
     _deployment_name(deployment, "--deployment")
     scoring.check_job(path, output, on_bad_rows)
+    replacing = output.exists()  # replaced only once the job succeeded (renamed into place)
     if dask:
         from systemhealer.orchestration import prepare_prefect
 
@@ -255,9 +256,11 @@ def predict(
             contract_in_child=True,  # a one-off process: GX is imported beside the job
         )
     if as_json:
-        _echo_json(summary.to_dict())
+        _echo_json({**summary.to_dict(), "replaced_output": replacing})
         return
     typer.echo(scoring.summary_text(summary))
+    if replacing:
+        typer.echo(f"note: {output} existed; the earlier diagnoses in it are replaced")
     from systemhealer.data import has_label_column
 
     if has_label_column(path):
