@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from systemhealer import tracking
@@ -131,3 +132,35 @@ def test_sigkilled_training_leaves_champion_and_registry_intact_and_is_marked_fa
         assert current.version == champion.version
 
     assert PrefectAPI(api_url).flow_run(doomed_flow_run)["state"]["type"] == "CRASHED"
+
+
+def test_a_sigterm_stops_predict_without_leaving_partial_files(
+    tmp_path: Path, trained_state, unlabelled_frame
+) -> None:
+    """SIGTERM (systemd, ``docker stop``) unwinds a scoring job as Ctrl-C does: no partial
+    output, no temporary part files, and an earlier output under the final name is kept."""
+    big = tmp_path / "incidents.csv"
+    pd.concat([unlabelled_frame] * 10, ignore_index=True).to_csv(big, index=False)
+    out = tmp_path / "out" / "diagnoses.csv"
+    out.parent.mkdir()
+    out.write_text("earlier results\n")
+    job = subprocess.Popen(
+        cli_command(*f"predict {big} -o {out} --on-bad-rows skip --chunk-rows 20".split()),
+        env=case_env(trained_state.home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(
+            lambda: any(p.stat().st_size for p in out.parent.glob(".diagnoses.csv.*")),
+            120,
+            "diagnoses to be written",
+            poll=0.05,
+        )
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(30) == 128 + signal.SIGTERM
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["diagnoses.csv"]
+    assert out.read_text() == "earlier results\n"

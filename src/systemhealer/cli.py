@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -776,8 +777,15 @@ def drift(
     raise typer.Exit(1 if fail_on_drift and drifted else 0)
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (systemd, ``docker stop``, Prefect cancelling) unwinds like Ctrl-C: partial
+    outputs, locks and child processes are cleaned up on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and an exit code, no traceback."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         code = app(standalone_mode=False)
     except SystemHealerError as exc:
