@@ -159,6 +159,7 @@ def test_a_sigterm_stops_predict_without_leaving_partial_files(
         )
         job.send_signal(signal.SIGTERM)
         assert job.wait(30) == 128 + signal.SIGTERM
+        assert job.stderr is not None and job.stderr.read().strip() == b"stopped (SIGTERM)"
     finally:
         if job.poll() is None:
             job.kill()

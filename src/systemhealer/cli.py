@@ -777,10 +777,14 @@ def drift(
     raise typer.Exit(1 if fail_on_drift and drifted else 0)
 
 
+class _Terminated(SystemExit):
+    """SIGTERM arrived (systemd, ``docker stop``, Prefect cancelling)."""
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (systemd, ``docker stop``, Prefect cancelling) unwinds like Ctrl-C: partial
-    outputs, locks and child processes are cleaned up on the way out."""
-    raise SystemExit(128 + signum)
+    """SIGTERM unwinds like Ctrl-C: partial outputs, locks, MLflow runs and child processes
+    are cleaned up on the way out."""
+    raise _Terminated(128 + signum)
 
 
 def main() -> None:
@@ -796,6 +800,9 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except _Terminated as exc:
+        typer.echo("stopped (SIGTERM)", err=True)
+        sys.exit(exc.code)
     except Exception as exc:  # a bug: one line, the traceback only on request
         # Usage errors (typer vendors click: match by interface, not by class).
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
