@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 from systemhealer import tracking
 from systemhealer.cli import main
 from systemhealer.config import load_settings
+from systemhealer.serve import free_port, stop_service, wait_ready
 
 
 def run_cli(
@@ -179,3 +183,24 @@ def test_bento_builds_from_any_working_directory(
     bentos = trained_state.home / "bentoml" / "bentos" / tag.split(":")[0]
     assert (bentos / tag.split(":")[1] / "bento.yaml").exists()
     assert list(tmp_path.iterdir()) == []  # nothing written where it was run
+
+    # The command it prints serves the packed model, even where no registry is at hand.
+    command = out.split("serve it with `", 1)[1].split("`", 1)[0].split()
+    env = dict(os.environ, SYSTEMHEALER_HOME=str(tmp_path / "elsewhere"))
+    while "=" in command[0]:
+        name, value = command.pop(0).split("=", 1)
+        env[name] = value
+    assert command[:3] == ["bentoml", "serve", tag]
+    port = free_port()
+    bentoml = Path(sys.executable).parent / "bentoml"
+    service = subprocess.Popen(
+        [str(bentoml), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+        env=env, cwd=tmp_path, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", service, timeout=180)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/model_info", timeout=30) as response:
+            info = json.load(response)
+        assert "packaged in the Bento" in info["alias"], info
+    finally:
+        stop_service(service)

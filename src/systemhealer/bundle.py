@@ -111,8 +111,9 @@ def build_wheel() -> Path:
     return wheel
 
 
-def build_bento(settings: Settings, version: str | None = None) -> str:
-    """Import the champion, build the wheel, run ``bentoml build``; returns the Bento's tag."""
+def build_bento(settings: Settings, version: str | None = None) -> tuple[str, str]:
+    """Import the champion, build the wheel, run ``bentoml build``; returns the Bento's tag
+    and the packed model's tag."""
     wheel = build_wheel()
     bentofile = (REPO / "bentofile.yaml").read_text()
     if f"dist/{wheel.name}" not in bentofile:
@@ -131,4 +132,4 @@ def build_bento(settings: Settings, version: str | None = None) -> str:
             f"bentoml build failed (model {tag} was imported): "
             + (result.stderr.strip().splitlines() or ["no output"])[-1]
         )
-    return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:"), tag

@@ -655,11 +655,14 @@ def bento(
     from systemhealer.bundle import build_bento
 
     settings = _settings(config)
-    tag = build_bento(settings, version)
+    tag, model = build_bento(settings, version)
+    # bentofile.yaml's envs reach only the container: here, name the packed model (not
+    # ":latest", which a later build moves) or the service would serve the registry's champion.
     typer.echo(
-        f"built Bento {tag} (store: {settings.home / 'bentoml'}); serve it with "
-        f"`BENTOML_HOME={settings.home / 'bentoml'} bentoml serve {tag}`, or, where Docker "
-        f"runs, `bentoml containerize {tag}` then `docker run --rm -p 3000:3000 {tag}`"
+        f"built Bento {tag} with model {model} (store: {settings.home / 'bentoml'}); serve it "
+        f"with `BENTOML_HOME={settings.home / 'bentoml'} SYSTEMHEALER_SERVING__BUNDLED_MODEL="
+        f"{model} bentoml serve {tag}`, or, where Docker runs, `bentoml containerize {tag}` "
+        f"then `docker run --rm -p 3000:3000 {tag}`"
     )
 
 
