@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,45 @@ def test_a_model_trained_without_some_fault_classes_never_replaces_the_champion(
     assert not second["promoted"]
     assert "fault class(es) 2, 3, 4, 5" in second["gate_reason"]
     assert tracking.champion(load_settings()).version == first["model_version"]
+
+
+def test_a_hand_promotion_waits_for_a_gate_that_is_judging(
+    prefect_harness, small_training_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate holds the champion lock from reading the champion to moving the alias: a
+    promotion by hand meanwhile waits, then applies, instead of being overwritten by a gate
+    that judged against the champion it replaced (found by ops QA: a lost update)."""
+    from flows.training import training_flow
+    from systemhealer import pipeline
+
+    monkeypatch.setenv("SYSTEMHEALER_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("SYSTEMHEALER_TRAINING__MAX_EPOCHS", "2")
+    first = training_flow(str(small_training_csv), show_progress=False)["model_version"]
+    second = training_flow(str(small_training_csv), show_progress=False)["model_version"]
+    settings = load_settings()
+    tracking.set_champion(settings, first)
+
+    judged_against, hand, moved = [], [], []
+    real_scores = pipeline.champion_scores
+
+    def scores_then_a_hand_promotion(prepared, settings):  # type: ignore[no-untyped-def]
+        found = real_scores(prepared, settings)
+        judged_against.append(found[0])
+        promotion = threading.Thread(
+            target=lambda: moved.append(tracking.set_champion(settings, second))
+        )
+        promotion.start()
+        promotion.join(2.0)
+        hand.append((promotion, promotion.is_alive()))
+        return found
+
+    monkeypatch.setattr(pipeline, "champion_scores", scores_then_a_hand_promotion)
+    third = training_flow(str(small_training_csv), show_progress=False)
+    ((promotion, waited),) = hand
+    promotion.join(60)
+    assert waited, "the promotion by hand did not wait for the gate"
+    assert judged_against == [first] and moved == [second]
+    assert tracking.champion(settings).version == second  # the later move stands
+    history = tracking.champion_history(settings)
+    expected = [third["model_version"], second] if third["promoted"] else [first, second]
+    assert history[-2:] == expected

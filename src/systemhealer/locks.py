@@ -34,6 +34,7 @@ TRAINING = "training"
 SCHEDULER = "scheduler"
 INBOX = "inbox"
 RETRAINING = "retraining"
+CHAMPION = "champion"  # moves of the champion alias (tracking.champion_lock)
 # MLflow tag naming the lock a training run was started under (see recover_interrupted_trainings).
 RUN_LOCK_TAG = "systemhealer.lock"
 

@@ -319,16 +319,20 @@ def decide_gate(
     same held-out rows (or there is no champion), and tag the version with the verdict. A gate
     that fails tags it ``gate=failed``: no registered version is left without a verdict."""
     try:
-        champion_version, champion, why_none, lost = champion_scores(prepared, settings)
-        promoted, reason = gate_decision(
-            scores, champion_version, champion, why_none, settings.evaluation.gate_on_shift, lost
-        )
-        verdict = "promoted" if promoted else "rejected"
-        tracking.set_version_tags(
-            settings, version.version, {"gate": verdict, "gate_reason": reason}
-        )
-        if promoted:  # the alias moves last (it refuses a model that cannot be loaded)
-            tracking.set_champion(settings, version.version)
+        # Held from reading the champion to moving the alias: a promotion or rollback by hand
+        # meanwhile would otherwise be judged against, or overwritten (a few seconds' wait).
+        with tracking.champion_lock(settings):
+            champion_version, champion, why_none, lost = champion_scores(prepared, settings)
+            promoted, reason = gate_decision(
+                scores, champion_version, champion, why_none,
+                settings.evaluation.gate_on_shift, lost,
+            )  # fmt: skip
+            verdict = "promoted" if promoted else "rejected"
+            tracking.set_version_tags(
+                settings, version.version, {"gate": verdict, "gate_reason": reason}
+            )
+            if promoted:  # the alias moves last (it refuses a model that cannot be loaded)
+                tracking.assign_champion(settings, version.version)
     except Exception as exc:
         try:
             tracking.set_version_tags(

@@ -27,6 +27,7 @@ from systemhealer.config import Settings
 from systemhealer.data import KPI_FEATURES, PROBA_COLUMNS
 from systemhealer.diagnoser import FaultDiagnoser
 from systemhealer.errors import ModelDamagedError, ModelNotFoundError, SystemHealerError
+from systemhealer.locks import CHAMPION, state_lock
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +260,24 @@ def champion_history(settings: Settings) -> list[str]:
     return [str(int(v)) if str(v).isascii() and str(v).isdigit() else str(v) for v in history]
 
 
+@contextmanager
+def champion_lock(settings: Settings) -> Iterator[None]:
+    """Moves of the champion alias one at a time: a hand promotion or rollback waits for a
+    gate that is judging against the current champion, and the gate's move cannot overwrite
+    one made while it was scoring (nor two moves lose each other's history entry)."""
+    with state_lock(settings, CHAMPION):
+        yield
+
+
 def set_champion(settings: Settings, version: str, record: bool = True) -> str:
     """Give ``version`` the champion alias; remember the move so it can be rolled back.
     Returns the version as the registry spells it."""
+    with champion_lock(settings):
+        return assign_champion(settings, version, record)
+
+
+def assign_champion(settings: Settings, version: str, record: bool = True) -> str:
+    """:func:`set_champion` for a caller that holds :func:`champion_lock`."""
     client = configure(settings)
     name = settings.registry.model_name
     version = get_version(settings, version).version  # the registry's spelling: "01" → "1"
@@ -277,6 +293,11 @@ def set_champion(settings: Settings, version: str, record: bool = True) -> str:
 
 def rollback_champion(settings: Settings) -> tuple[str, str]:
     """Move the champion alias back to the previous champion. Returns (from, to)."""
+    with champion_lock(settings):
+        return _roll_back(settings)
+
+
+def _roll_back(settings: Settings) -> tuple[str, str]:
     client = configure(settings)
     history = champion_history(settings)
     current = champion(settings)
