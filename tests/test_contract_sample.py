@@ -8,6 +8,7 @@ import multiprocessing.process
 import os
 import signal
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,17 +23,20 @@ from systemhealer.validation import ValidationIssue, ValidationReport
 
 
 @pytest.fixture(scope="module")
-def first_chunk(
-    tmp_path_factory: pytest.TempPathFactory, unlabelled_frame: pd.DataFrame
-) -> RawChunk:
-    """The first chunk of a file with an infinite value and a text cell in its first rows."""
+def flawed_file(tmp_path_factory: pytest.TempPathFactory, unlabelled_frame: pd.DataFrame) -> Path:
+    """50 incidents with an infinite value and a text cell in their first rows."""
     frame = unlabelled_frame.head(50).reset_index(drop=True)
     frame[KPI_FEATURES[3]] = frame[KPI_FEATURES[3]].astype(object)
     frame.loc[2, KPI_FEATURES[3]] = "broken"
     frame.loc[5, KPI_FEATURES[7]] = np.inf
     path = tmp_path_factory.mktemp("contract") / "incidents.csv"
     frame.to_csv(path, index=False)
-    return next(open_source(path).chunks(100))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_chunk(flawed_file: Path) -> RawChunk:
+    return next(open_source(flawed_file).chunks(100))
 
 
 def run_contract(chunk: RawChunk, in_child: bool = False) -> dict:
@@ -75,6 +79,21 @@ def test_in_a_thread_by_default_and_inside_daemonic_processes_with_the_same_resu
     contract.offer(first_chunk)
     assert isinstance(contract._worker, scoring.threading.Thread)
     assert contract.result() == in_child
+
+
+def test_small_chunks_do_not_shrink_the_sample(flawed_file: Path, first_chunk: RawChunk) -> None:
+    """The sample spans chunks (typed ones and one read as text) until it has its rows; a
+    file shorter than the sample is checked whole when the job ends."""
+    whole = run_contract(first_chunk)
+    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
+    for chunk in open_source(flawed_file).chunks(3):
+        contract.offer(chunk)
+    assert contract.result() == whole
+    contract = scoring.ContractSample(500, load_settings().data, "incidents.csv")
+    for chunk in open_source(flawed_file).chunks(7):
+        contract.offer(chunk)
+    assert contract._worker is None  # still collecting: the file has fewer rows
+    assert contract.result()["rows"] == 50
 
 
 def test_a_disagreement_between_the_contract_and_the_row_checks_stops_the_job(

@@ -355,6 +355,7 @@ class ContractSample:
         self._expected: Counter[tuple[str, str]] = Counter()
         self._sample_rows = 0
         self._offered = False
+        self._pending: list[RawChunk] = []  # the sample's rows so far
         if self.in_child and rows > 0:
             self._start_child()
 
@@ -373,18 +374,38 @@ class ContractSample:
         requests.close()
 
     def offer(self, chunk: RawChunk) -> None:
-        """Take the sample from the file's first chunk (later calls do nothing)."""
+        """Collect the sample from the file's first chunks, as many as its rows need (small
+        ``--chunk-rows`` do not shrink it); the check starts once it is complete."""
         if self._offered or self.rows <= 0:
             return
-        n = min(self.rows, len(chunk.positions))
+        n = min(self.rows - sum(len(c.positions) for c in self._pending), len(chunk.positions))
         if n == 0:
             return
         if chunk.typed is not None:
-            sample = RawChunk(positions=chunk.positions[:n], typed=chunk.typed.slice(0, n))
-            frame = sample.typed.to_pandas()  # type: ignore[union-attr]
+            self._pending.append(
+                RawChunk(positions=chunk.positions[:n], typed=chunk.typed.slice(0, n))
+            )
         else:
             raw = chunk.raw.iloc[:n].reset_index(drop=True)  # type: ignore[union-attr]
-            sample, frame = RawChunk(positions=chunk.positions[:n], raw=raw), raw
+            self._pending.append(RawChunk(positions=chunk.positions[:n], raw=raw))
+        if sum(len(c.positions) for c in self._pending) >= self.rows:
+            self._start()
+
+    def _start(self) -> None:
+        """Start the check on the rows collected (a file shorter than the sample: all)."""
+        pending, self._pending = self._pending, []
+        positions = np.concatenate([c.positions for c in pending])
+        if all(c.typed is not None for c in pending):
+            typed = pa.concat_tables([c.typed for c in pending], promote_options="permissive")
+            sample = RawChunk(positions=positions, typed=typed)
+            frame = typed.to_pandas()
+        else:  # some rows were read as text: the sample is text where they are
+            frame = pd.concat(
+                [c.raw if c.raw is not None else c.typed.to_pandas() for c in pending],  # type: ignore[union-attr]
+                ignore_index=True,
+            )
+            sample = RawChunk(positions=positions, raw=frame)
+        n = len(positions)
         self._expected = check_chunk(sample).cell_counts
         self._sample_rows = n
         self._offered = True
@@ -441,6 +462,8 @@ class ContractSample:
 
     def result(self) -> dict[str, Any] | None:
         """Wait for the contract; raise if it blocks rows the numpy checks let through."""
+        if not self._offered and self._pending:
+            self._start()
         if not self._offered:
             self.close()
             return None
