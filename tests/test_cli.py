@@ -151,6 +151,12 @@ def test_predict_cli_and_bad_input(
         monkeypatch,
     )
     assert code == 0 and "scoring:" in err  # asked for, it is shown anyway
+    # An output where nothing can be written is named before any work (exit 2).
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    for command in (["predict", str(source)], ["evaluate", str(source)]):
+        code, _, err = run_cli([*command, "-o", str(blocked / "out.csv")], capsys, monkeypatch)
+        assert code == 2 and f"{blocked / 'out.csv'}: cannot be written there" in err, err
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\x00\x01garbage")
     code, _, err = run_cli(

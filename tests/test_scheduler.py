@@ -22,7 +22,7 @@ import yaml
 from systemhealer import drift, inbox, tracking
 from systemhealer.locks import read_holder, state_lock
 from systemhealer.serve import free_port
-from tests.ops_helpers import PrefectAPI, case_env, cli_command, settings_of
+from tests.ops_helpers import PrefectAPI, case_env, cli_command, run_cli, settings_of
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +96,9 @@ def test_schedule_serves_both_flows_and_restarts_with_state_intact(
     process, api_url = start_scheduler(home, config, log)
     try:
         assert api_url == f"http://127.0.0.1:{port}/api"
+        second = run_cli(case_env(home), "schedule", "--config", str(config), timeout=120)
+        assert second.returncode == 75, second.stderr  # busy: try again later
+        assert "a scheduler already runs" in second.stderr
         api = PrefectAPI(api_url)
         retraining = api.deployment("retraining", "retraining")
         assert [s["schedule"]["cron"] for s in retraining["schedules"]] == [RETRAIN_CRON]

@@ -806,6 +806,10 @@ def main() -> None:
     except _Terminated as exc:
         typer.echo("stopped (SIGTERM)", err=True)
         sys.exit(exc.code)
+    except OSError as exc:  # the machine's, not the input's: a full disk, a lost mount, …
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(74)  # EX_IOERR
     except Exception as exc:  # a bug: one line, the traceback only on request
         # Usage errors (typer vendors click: match by interface, not by class).
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):

@@ -23,6 +23,18 @@ class DataValidationError(SystemHealerError):
         self.report = report
 
 
+class OutputError(SystemHealerError):
+    """A result cannot be written where the user asked for it."""
+
+    exit_code = 2
+
+
+class BusyError(SystemHealerError):
+    """Another process holds what this one needs (a lock): try again later."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
 class ModelNotFoundError(SystemHealerError):
     """No model is registered under the requested name, alias or version."""
 

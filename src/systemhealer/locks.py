@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from systemhealer.config import Settings
-from systemhealer.errors import SystemHealerError
+from systemhealer.errors import BusyError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,8 @@ CHAMPION = "champion"  # moves of the champion alias (tracking.champion_lock)
 RUN_LOCK_TAG = "systemhealer.lock"
 
 
-class LockTimeoutError(SystemHealerError):
+class LockTimeoutError(BusyError):
     """A lock was not free within the time allowed."""
-
-    exit_code = 75  # EX_TEMPFAIL: try again later
 
 
 class StateLock:

@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from systemhealer.config import Settings
-from systemhealer.errors import ConfigError, SystemHealerError
+from systemhealer.errors import BusyError, ConfigError
 from systemhealer.locks import (
     RETRAINING,
     SCHEDULER,
@@ -104,7 +104,7 @@ def run_scheduler(
     lock = state_lock(settings, SCHEDULER)
     stale = read_holder(lock.path)  # what a scheduler that died left in the lock file
     if not lock.try_acquire({"home": str(settings.home)}):
-        raise SystemHealerError(
+        raise BusyError(
             f"a scheduler already runs for {settings.home}: {describe_holder(lock.holder())}"
         )
     orphan = stop_orphaned_server(stale)

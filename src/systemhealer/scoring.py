@@ -54,7 +54,7 @@ from systemhealer.data import (
     spreadsheet_safe_text,
     text_to_numbers,
 )
-from systemhealer.errors import DataValidationError, SystemHealerError
+from systemhealer.errors import DataValidationError, OutputError, SystemHealerError
 from systemhealer.features import TRAINING_DEPLOYMENT, DeploymentStats
 from systemhealer.streaming import (
     AtomicTableWriter,
@@ -710,8 +710,9 @@ OUTPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 
 
 def check_output(path: Path, output: Path) -> None:
-    """Refuse an output that would overwrite the input, is a folder, or names a format that
-    is not written (anything but CSV, gzipped CSV or Parquet)."""
+    """Refuse an output that would overwrite the input, is a folder, names a format that is
+    not written (anything but CSV, gzipped CSV or Parquet), or lies where nothing can be
+    written (checked by writing there: before the work, not after it)."""
     if output.resolve() == path.resolve():
         raise DataValidationError(f"{output}: the output would overwrite the input")
     if output.is_dir():
@@ -721,6 +722,12 @@ def check_output(path: Path, output: Path) -> None:
             f"{output}: outputs are written as {', '.join(OUTPUT_SUFFIXES)}; "
             "give the file one of these endings"
         )
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.probe."):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot be written there ({exc.strerror or exc})") from exc
 
 
 def _empty_output_schema() -> pa.Schema:
