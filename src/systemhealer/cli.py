@@ -231,6 +231,9 @@ def predict(
             _echo_warnings([warning])
         prepare_prefect(settings)
         from flows.scoring import run_batch_scoring
+        from systemhealer.orchestration import quiet_prefect_console
+
+        quiet_prefect_console()
 
         (summary,) = run_batch_scoring(
             [str(path)],
