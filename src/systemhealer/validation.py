@@ -27,6 +27,7 @@ from systemhealer.data import (
     label_columns,
     missing_columns,
     read_incidents,
+    text_to_numbers,
 )
 from systemhealer.errors import DataValidationError
 
@@ -362,6 +363,24 @@ def _report_order(issue: ValidationIssue) -> tuple[int, int]:
     return rank, _COLUMNS.get(issue.column or "", -1)
 
 
+def _missing_labels(
+    frame: pd.DataFrame, raw: pd.DataFrame, first_row: int
+) -> ValidationIssue | None:
+    """Labels that are missing, not counting cells of text (read as missing; reported as text)."""
+    missing = frame[LABEL].isna()
+    if not pd.api.types.is_numeric_dtype(raw[LABEL]):
+        missing &= ~text_to_numbers(raw[LABEL].astype(object))[1]
+    if not missing.any():
+        return None
+    positions = [int(i) for i in np.flatnonzero(missing.to_numpy())[:5]]
+    count = int(missing.sum())
+    refs = _row_refs(frame, positions)
+    ids = f" (sample_id {', '.join(refs)})" if refs else ""
+    rows = [r + first_row for r in positions]
+    message = f"'{LABEL}' is missing in {count} row(s): {_rows_text(rows, count)}{ids}"
+    return ValidationIssue("missing", message, True, LABEL, rows, refs, count)
+
+
 def _issue_from_result(
     frame: pd.DataFrame, result: Any, blocking: bool, first_row: int = 0
 ) -> ValidationIssue | None:
@@ -460,6 +479,8 @@ def validate_frame(
     report.checks_run = len(results) + 2 * len(KPI_FEATURES)
     for result in results:
         found = _issue_from_result(frame, result, blocking=True, first_row=first_row)
+        if found is not None and found.check == "missing" and found.column == LABEL:
+            found = _missing_labels(frame, raw, first_row)  # text labels are said once, as text
         if found is not None:
             report.issues.append(found)
     report.issues.extend(_finite_check(frame, first_row))
