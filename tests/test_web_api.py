@@ -402,9 +402,10 @@ def test_mutating_calls_need_the_token_when_one_is_set(trained_state: Any) -> No
         assert client.get("/ui/api/config").json()["token_required"] is True
         for path in ("/ui/api/models/rollback", "/ui/api/models/1/promote"):
             refused = client.post(path)
-            assert refused.status_code == 401 and "token" in refused.json()["error"]
+            assert refused.status_code == 401 and "needs the API token" in refused.json()["error"]
             wrong = client.post(path, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401
+            assert "the API token given was rejected" in wrong.json()["error"]
         upload = client.post("/ui/api/uploads", files={"file": ("x.csv", b"a\n1\n", "text/csv")})
         assert upload.status_code == 401
         answer = client.post(

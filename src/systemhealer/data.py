@@ -237,8 +237,9 @@ def refuse_unpacked_over(path: Path | str, max_bytes: int, setting: str) -> None
     if unpacked > max_bytes:
         raise DataValidationError(
             f"{path.name}: its data unpack to more than {max_bytes / 2**20:g} MB ({setting}, "
-            "which bounds the data, not its packing); score a larger file offline with "
-            "`systemhealer predict`"
+            "which bounds the data, not its packing); split the file, raise the setting, or use "
+            "the command line, which has no such limit (`systemhealer train`, `predict`, "
+            "`calibrate`)"
         )
 
 

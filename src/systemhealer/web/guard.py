@@ -44,8 +44,8 @@ class BodyLimit:
         what = f"The upload ({megabytes(size)})" if size else "The upload"
         return {
             "error": f"{what} is larger than the limit of {megabytes(self.max_bytes)} "
-            f"({self.setting}). Split the file, or score it offline with "
-            "`systemhealer predict FILE --output OUT`.",
+            f"({self.setting}). Split the file, raise the setting, or use the command line, "
+            "which has no such limit (`systemhealer train`, `predict`, `calibrate`).",
             "code": "too_large",
             "limit_bytes": self.max_bytes,
         }
@@ -114,9 +114,14 @@ def token_dependency(api_token: str | None) -> Callable[[Request], None]:
             return
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {api_token}".encode()):
+            if given.strip() in ("", "Bearer"):
+                raise TokenError(
+                    "this action needs the API token (serving.api_token): enter it in the "
+                    "page's token field, or send 'Authorization: Bearer …'"
+                )
             raise TokenError(
-                "this action needs the API token (serving.api_token): enter it in the page's "
-                "token field, or send 'Authorization: Bearer …'"
+                "the API token given was rejected: it is not the service's serving.api_token "
+                "(check the page's token field, or the 'Authorization: Bearer …' header)"
             )
 
     return require_token

@@ -164,6 +164,14 @@
     zone.addEventListener("drop", (e) => take(e.dataTransfer.files[0]));
   };
 
+  /** Run ``action`` on a click, or on Enter or Space while ``node`` has the focus. */
+  SH.onActivate = function (node, action) {
+    node.addEventListener("click", action);
+    node.addEventListener("keydown", (e) => {
+      if (e.target === node && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); action(); }
+    });
+  };
+
   // ---------- sortable, paginated table ----------
   /** columns: [{key, label, num, sortable, render(row) -> Node|string}]; source({offset, limit,
    *  sort, descending}) -> Promise<{total, rows}>. Returns {reload()}. */
@@ -180,10 +188,14 @@
       const head = h("tr", columns.map((c) => {
         const th = h("th" + (c.num ? ".num" : "") + (c.sortable !== false ? ".sortable" : ""), { "data-key": c.key }, typeof c.label === "function" ? c.label() : SH.t(c.label));
         if (state.sort === c.key) th.appendChild(h("span.arrow", state.descending ? "▼" : "▲"));
-        if (c.sortable !== false) th.addEventListener("click", () => {
-          if (state.sort === c.key) state.descending = !state.descending; else { state.sort = c.key; state.descending = !!c.num; }
-          state.offset = 0; draw();
-        });
+        if (c.sortable !== false) {
+          th.tabIndex = 0;  // sortable from the keyboard too
+          th.setAttribute("aria-sort", state.sort !== c.key ? "none" : state.descending ? "descending" : "ascending");
+          SH.onActivate(th, () => {
+            if (state.sort === c.key) state.descending = !state.descending; else { state.sort = c.key; state.descending = !!c.num; }
+            state.offset = 0; draw();
+          });
+        }
         return th;
       }));
       const body = h("tbody", page.rows.map((row) => {
@@ -191,7 +203,7 @@
           const value = c.render ? c.render(row) : row[c.key];
           return h("td" + (c.num ? ".num" : ""), value instanceof Node ? value : String(value === null || value === undefined ? "—" : value));
         }));
-        if (options && options.onRow) { tr.classList.add("clickable"); tr.addEventListener("click", () => options.onRow(row, tr)); }
+        if (options && options.onRow) { tr.classList.add("clickable"); tr.tabIndex = 0; SH.onActivate(tr, () => options.onRow(row, tr)); }
         return tr;
       }));
       const last = Math.min(page.total, state.offset + state.limit);

@@ -40,7 +40,10 @@
   }
 
   function showTab(name) {
-    document.querySelectorAll("[data-tab]").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
+    document.querySelectorAll("[data-tab]").forEach((b) => {
+      b.classList.toggle("active", b.dataset.tab === name);
+      b.setAttribute("aria-selected", String(b.dataset.tab === name));
+    });
     document.querySelectorAll("[data-pane]").forEach((p) => { p.hidden = p.dataset.pane !== name; });
     SH.alert(document.getElementById("diagnose-status"), "info", null);
   }
@@ -50,6 +53,8 @@
     SH.config.features.forEach((f) => grid.appendChild(h("label", f, h("input", { type: "text", inputmode: "decimal", name: f, "data-feature": f }))));
   }
 
+  const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
   function formIncident() {
     const incident = {};
     const sid = document.getElementById("form-sample-id").value.trim();
@@ -58,7 +63,9 @@
     document.querySelectorAll("[data-feature]").forEach((input) => {
       const text = input.value.trim();
       if (!text) return;
-      const value = Number(text);
+      // Decimal or scientific notation only, as files and JSON are read: Number() would also
+      // take "0x10", "0b11" and "0o7".
+      const value = DECIMAL.test(text) ? Number(text) : NaN;
       if (!Number.isFinite(value)) bad.push(input.dataset.feature);
       else incident[input.dataset.feature] = value;
     });

@@ -127,13 +127,13 @@ window.I18N = {
     "models.rollback_hint": "Move the champion alias back to version {to}", "models.no_rollback": "No earlier champion to roll back to",
     "models.promoted_toast": "Version {version} is the champion.", "models.rolled_back_toast": "Champion rolled back from v{from} to v{to}.",
     "models.detail_title": "Version {version}",
-    "gate.promoted": "promoted", "gate.rejected": "rejected", "gate.interrupted": "interrupted",
+    "gate.promoted": "promoted", "gate.rejected": "rejected", "gate.interrupted": "interrupted", "gate.failed": "gate failed",
 
     "table.showing": "{from}–{to} of {total}", "table.per_page": "{n} per page", "table.page_size": "rows per page",
     "table.previous": "previous page", "table.next": "next page", "table.empty": "Nothing here yet.",
 
     "error.network": "The service cannot be reached.",
-    "error.too_large": "The file is {size}; the upload limit is {limit}. Split it, or score it with `systemhealer predict`.",
+    "error.too_large": "The file is {size}; the upload limit is {limit} (serving.max_upload_mb). Split it, raise the limit, or use the command line, which has none (`systemhealer train`, `predict`, `calibrate`).",
     "error.too_large_server": "Upload refused: larger than {limit}.",
     "error.file_type": "{name} is not a CSV (.csv, .csv.gz) or Parquet (.parquet) file.",
   },
@@ -263,13 +263,13 @@ window.I18N = {
     "models.rollback_hint": "把冠军别名移回版本 {to}", "models.no_rollback": "没有更早的冠军可回滚",
     "models.promoted_toast": "版本 {version} 已成为冠军。", "models.rolled_back_toast": "冠军已从 v{from} 回滚到 v{to}。",
     "models.detail_title": "版本 {version}",
-    "gate.promoted": "已上线", "gate.rejected": "未通过", "gate.interrupted": "已中断",
+    "gate.promoted": "已上线", "gate.rejected": "未通过", "gate.interrupted": "已中断", "gate.failed": "评审出错",
 
     "table.showing": "第 {from}–{to} 条，共 {total} 条", "table.per_page": "每页 {n} 条", "table.page_size": "每页行数",
     "table.previous": "上一页", "table.next": "下一页", "table.empty": "暂无内容。",
 
     "error.network": "无法连接到服务。",
-    "error.too_large": "文件大小为 {size}，上传上限为 {limit}。请拆分文件，或用 `systemhealer predict` 离线诊断。",
+    "error.too_large": "文件大小为 {size}，上传上限为 {limit}（serving.max_upload_mb）。请拆分文件、提高上限，或改用没有此限制的命令行（`systemhealer train`、`predict`、`calibrate`）。",
     "error.too_large_server": "上传被拒绝：超过 {limit}。",
     "error.file_type": "{name} 不是 CSV（.csv、.csv.gz）或 Parquet（.parquet）文件。",
   },
