@@ -83,6 +83,7 @@ def test_reading_in_chunks_keeps_a_header_without_rows_and_names_a_broken_row(
         ("semi.csv", b"sample_id;feature0;feature1\n1;2;3\n", "semicolons"),
         ("junk.parquet", b"PAR1 not really", "not a readable Parquet file"),
         ("packed.csv", gzip.compress(b"feature0,feature1\n1,2\n"), "name the file .csv.gz"),
+        ("columnar.csv", b"PAR1\x15\x04\x15\x00" + bytes(200) + b"PAR1", "Parquet file; name it"),
     ],
 )
 def test_unreadable_files_are_named(

@@ -178,6 +178,7 @@ def test_rows_without_any_kpi_value_are_missing_whether_null_or_nan(tmp_path: Pa
         (b"", "file is empty"),
         (b"\x00\x01\x02 binary", "binary"),
         (gzip.compress(b"sample_id,feature0\n1,2\n"), "name the file .csv.gz"),
+        (b"PAR1\x15\x04" + bytes(100) + b"PAR1", "a Parquet file; name it .parquet"),
         (b"sample_id;feature0;feature1\n1;2;3\n", "semicolon"),
         (b"sample_id,feature0\n1,2\n", "missing columns: feature1"),
     ],

@@ -85,6 +85,9 @@ def test_pages_load_only_their_own_files(client: TestClient) -> None:
             assert ref.startswith("/"), f"{path} refers to {ref}"
             if ref.startswith("/ui/static/"):
                 assert client.get(ref).status_code == 200, ref
+    for path in ("/ui", "/ui/"):  # the platform's address as people type it: the overview
+        moved = client.get(path, follow_redirects=False)
+        assert moved.status_code == 307 and moved.headers["location"] == "/", path
     # No script, style or font of the page is fetched from another host.
     for asset in STATIC.rglob("*"):
         if asset.suffix in (".js", ".css", ".html"):

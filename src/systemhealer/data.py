@@ -83,11 +83,17 @@ def _refuse_unreadable(path: Path) -> None:
         raise DataValidationError(f"{path}: file is empty")
     if file_format(path) == "csv" and not path.name.lower().endswith(".gz"):
         with path.open("rb") as handle:
-            start = handle.read(4096)
-        if start.startswith(b"\x1f\x8b"):
-            raise DataValidationError(f"{path}: gzip-compressed; name the file .csv.gz")
-        if b"\x00" in start:
-            raise DataValidationError(f"{path}: binary content, not a CSV text file")
+            refuse_binary_csv(handle.read(4096), path)
+
+
+def refuse_binary_csv(start: bytes, path: Path) -> None:
+    """A file named CSV (not .gz) whose first bytes are not text: say what it is, if known."""
+    if start.startswith(b"\x1f\x8b"):
+        raise DataValidationError(f"{path}: gzip-compressed; name the file .csv.gz")
+    if start.startswith(b"PAR1"):
+        raise DataValidationError(f"{path}: a Parquet file; name it .parquet")
+    if b"\x00" in start:
+        raise DataValidationError(f"{path}: binary content, not a CSV text file")
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataValidationError:

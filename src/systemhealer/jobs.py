@@ -832,7 +832,8 @@ class DiagnosisExecutor:
                 _release_chunk()
                 done = validation.report.rows
                 # The total is estimated from the share of the file read (exact at the end).
-                report(stage="diagnosing", rows_done=done, rows=max(done, round(done / share)))
+                estimate = max(done, round(done / share))
+                report(stage="diagnosing", rows_done=done, rows=estimate, rows_estimated=True)
         except DataValidationError as exc:  # unreadable: named by the file the user sent
             raise DataValidationError(
                 str(exc).replace(str(folder / job.input_file), job.source)
@@ -840,7 +841,7 @@ class DiagnosisExecutor:
         refuse(validation)  # any blocking problem (a file of 0 rows too) stops the job here
         diagnoses = pd.concat(parts, ignore_index=True)
         del parts
-        report(stage="writing", rows=len(diagnoses))
+        report(stage="writing", rows=len(diagnoses), rows_estimated=False)
         atomic_write(diagnoses, folder / "diagnoses.csv")
         atomic_write(diagnoses, folder / "diagnoses.parquet")
         summary = diagnosis_summary(diagnoses, diagnoser, stats, unread, sample)

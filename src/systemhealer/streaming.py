@@ -38,6 +38,7 @@ from systemhealer.data import (
     SAMPLE_ID,
     clipped,
     file_format,
+    refuse_binary_csv,
     refuse_duplicate_names,
 )
 from systemhealer.errors import DataValidationError
@@ -199,9 +200,9 @@ class CsvSource:
                 more = stream.read(1 << 16)
                 if not more:
                     break
-                if not head and self.codec is None and more.startswith(b"\x1f\x8b"):
-                    raise DataValidationError(f"{path}: gzip-compressed; name the file .csv.gz")
-                if not head and b"\x00" in more[:4096]:
+                if not head and self.codec is None:
+                    refuse_binary_csv(more[:4096], path)
+                elif not head and b"\x00" in more[:4096]:
                     raise DataValidationError(f"{path}: binary content, not a CSV text file")
                 ends, _ = _row_ends(head + more, 0, False)
                 head += more

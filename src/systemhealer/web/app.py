@@ -23,7 +23,14 @@ import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -267,6 +274,12 @@ def create_app(
 
     for name in PAGES[1:]:
         page_route(name)
+
+    @app.get("/ui", include_in_schema=False)
+    @app.get("/ui/", include_in_schema=False)
+    def ui_root() -> RedirectResponse:
+        return RedirectResponse("/", status_code=307)
+
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="web-static")
 
     # --- settings the page needs, status ---

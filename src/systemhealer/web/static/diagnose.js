@@ -114,7 +114,8 @@
     const columns = ["sample_id", "predicted_label", "confidence", ...SH.config.fault_classes.map((c) => `proba_${c}`)];
     const csv = [columns.join(",")].concat(rows.map((r) => columns.map((c) => {
       const v = r[c];
-      return typeof v === "string" && /[",\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v;
+      // Text quoted, as the server's files are: "007" stays text, not the number 7.
+      return typeof v === "string" ? `"${v.replace(/"/g, '""')}"` : v;
     }).join(","))).join("\n") + "\n";
     const json = JSON.stringify(rows.map((r) => ({ sample_id: r.sample_id, predicted_label: r.predicted_label, confidence: r.confidence, probabilities: SH.config.fault_classes.map((c) => r[`proba_${c}`]), model_version: lastInline.model_version })), null, 1);
     head.append(
@@ -159,7 +160,7 @@
     if (job.status === "queued") box.appendChild(h("div.alert.info", SH.t("job.queue_position", { position: job.queue_position ?? "?", running: job.running })));
     if (job.status === "running") {
       const share = p.rows ? p.rows_done / p.rows : 0;
-      box.append(h("p", SH.t(`stage.${p.stage || "reading"}`), p.rows ? ` — ${SH.t("job.rows_done", { done: SH.int(p.rows_done), total: SH.int(p.rows) })}` : ""),
+      box.append(h("p", SH.t(`stage.${p.stage || "reading"}`), p.rows ? ` — ${SH.t(p.rows_estimated ? "job.rows_done_about" : "job.rows_done", { done: SH.int(p.rows_done), total: SH.int(p.rows) })}` : ""),
         h("div.progress", h("div", { style: `width:${(100 * share).toFixed(1)}%` })));
     }
     if (job.status === "failed") {

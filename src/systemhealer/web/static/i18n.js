@@ -44,7 +44,7 @@ window.I18N = {
     "job.starting": "Starting the training process and the Prefect flow…", "job.preparing": "Validating and preparing the data…",
     "job.waiting_lock": "Waiting for another training of this state folder to finish: {holder}.",
     "job.failed": "The job failed:", "job.was_cancelled": "The job was cancelled.",
-    "job.rows_done": "{done} of {total} incidents", "job.cancel": "Cancel",
+    "job.rows_done": "{done} of {total} incidents", "job.rows_done_about": "{done} of about {total} incidents", "job.cancel": "Cancel",
     "job.cancel_title": "Cancel this job?", "job.cancel_text": "The job on {file} will stop; nothing it has not finished is kept.",
 
     "status.queued": "queued", "status.running": "running", "status.succeeded": "succeeded",
@@ -180,7 +180,7 @@ window.I18N = {
     "job.starting": "正在启动训练进程和 Prefect 流程…", "job.preparing": "正在校验和准备数据…",
     "job.waiting_lock": "正在等待本状态目录中的另一个训练结束：{holder}。",
     "job.failed": "任务失败：", "job.was_cancelled": "任务已取消。",
-    "job.rows_done": "{done} / {total} 条", "job.cancel": "取消任务",
+    "job.rows_done": "{done} / {total} 条", "job.rows_done_about": "{done} / 约 {total} 条", "job.cancel": "取消任务",
     "job.cancel_title": "取消这个任务？", "job.cancel_text": "{file} 的任务将停止，未完成的结果不会保留。",
 
     "status.queued": "排队中", "status.running": "运行中", "status.succeeded": "已完成",
