@@ -327,6 +327,31 @@ def test_diagnose_a_file_and_one_incident(
     assert "macro-F1" in scored.inner_text()
     web.shot("diagnose-labelled-file")
 
+    # From the keyboard: a header sorts with Enter, a past job opens with Enter.
+    page.focus("#diagnosis-table th[data-key=predicted_label]")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#diagnosis-table th[data-key=predicted_label]')"
+        ".querySelector('.arrow')"
+    )
+    earlier = page.locator("#diagnosis-jobs tbody tr", has_text=UNLABELLED_FILE.name)
+    earlier.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        f"() => document.querySelector('#diag-job-title').textContent.includes('{UNLABELLED_FILE.name}')"
+    )
+
+    # One incident in the form: only decimal numbers, as in files ("0x10" is not 16).
+    page.click("[data-tab=form]")
+    assert page.get_attribute("[data-tab=form]", "aria-selected") == "true"
+    assert page.get_attribute("[data-tab=file]", "aria-selected") == "false"
+    page.fill("#feature-grid input[name=feature2]", "0x10")
+    page.click("#form-go")
+    page.wait_for_function(
+        "() => document.querySelector('#diagnose-status').innerText.includes('feature2')"
+    )
+    assert "Not a number: feature2" in page.inner_text("#diagnose-status")
+
     # One incident, pasted as JSON (filled from the champion's logged example).
     page.click("[data-tab=json]")
     page.click("#json-example")
