@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -169,6 +170,42 @@ def test_uploads_are_kept_by_id(tmp_path: Path) -> None:
     uploads.discard(upload.id)
     with pytest.raises(jobs.JobNotFoundError):
         uploads.get(upload.id)
+
+
+def test_uploads_make_room_for_a_new_one_oldest_first(tmp_path: Path) -> None:
+    uploads = jobs.UploadStore(tmp_path / "uploads", max_bytes=2500)
+    made = []
+    for age, name in ((300, "a.csv"), (200, "b.csv"), (100, "c.csv")):
+        upload = uploads.new(name)
+        upload.path.write_bytes(b"x" * 1000)
+        uploads.save_meta(upload, {"ok": True})
+        os.utime(upload.path.parent, (time.time() - age, time.time() - age))
+        made.append(upload)
+    assert uploads.make_room(made[-1]) == [made[0].id]  # 3,000 bytes > 2,500: the oldest goes
+    with pytest.raises(jobs.JobNotFoundError, match="upload the file again"):
+        uploads.get(made[0].id)
+    assert uploads.get(made[1].id).filename == "b.csv"
+    newest = uploads.new("d.csv")
+    newest.path.write_bytes(b"x" * 5000)  # over the cap alone: the others go, it stays
+    assert sorted(uploads.make_room(newest)) == sorted([made[1].id, made[2].id])
+    assert newest.path.exists()
+
+
+def test_a_finished_job_keeps_its_results_not_its_input(tmp_path: Path) -> None:
+    store = jobs.JobStore(tmp_path)
+
+    def refuse(job: jobs.Job) -> None:
+        raise SystemHealerError("bad rows")
+
+    for outcome, executor in (("succeeded", lambda job: None), ("failed", refuse)):
+        runner = jobs.JobRunner(store, {jobs.DIAGNOSE: executor}, {jobs.DIAGNOSE: 1})
+        job = _new(store)
+        assert (store.folder(job.id) / job.input_file).exists()
+        assert runner.run(store.get(job.id)).status == outcome
+        assert not (store.folder(job.id) / job.input_file).exists()
+    queued = _new(store)
+    assert store.request_cancel(queued.id).status == jobs.CANCELLED
+    assert not (store.folder(queued.id) / queued.input_file).exists()
 
 
 def test_an_orderly_shutdown_leaves_the_running_job_to_run_again(tmp_path: Path) -> None:

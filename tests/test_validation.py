@@ -134,6 +134,23 @@ def test_a_file_validated_in_chunks_gets_the_report_of_the_whole(frame: pd.DataF
     assert ("missing_drift", "feature40") in by_key and ("drift", "feature12") in by_key
 
 
+def test_ids_repeated_across_chunks_are_a_warning_too(frame: pd.DataFrame) -> None:
+    """A file diagnosed in chunks (the web page's jobs) is checked for repeated sample ids
+    over the whole file, as one validated whole is (without naming them)."""
+    incidents = frame.drop(columns=["label"]).astype({"sample_id": object})
+    incidents.loc[[3, 700], "sample_id"] = incidents.loc[500, "sample_id"]  # 3 chunks apart
+    incidents.loc[[20, 21], "sample_id"] = None  # missing ids are not repeated ones
+    whole, _ = validate_frame(incidents, "f.csv", DataSettings(), False)
+    chunked = ChunkedValidation("f.csv", DataSettings())
+    for chunk in _chunks(incidents, 256):
+        chunked.check(chunk)
+    (found,) = [i for i in chunked.finish().issues if i.check == "repeated_ids"]
+    (expected,) = [i for i in whole.issues if i.check == "repeated_ids"]
+    assert not found.blocking and chunked.ok
+    assert found.message.startswith("1 sample_id(s) appear more than once, on 3 rows:")
+    assert expected.message.startswith("1 sample_id(s) appear more than once, on 3 rows (e.g.")
+
+
 def test_blocking_problems_in_several_chunks_are_counted_over_the_file(
     frame: pd.DataFrame,
 ) -> None:

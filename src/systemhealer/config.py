@@ -214,6 +214,9 @@ class WebSettings(_Section):
     scoring_workers: int = Field(1, ge=1)
     # Finished jobs (and their files) kept under `jobs_dir`; the oldest go first.
     keep_jobs: int = Field(100, ge=1)
+    # Uploads waiting to be trained on or diagnosed, all together; the oldest go first when a
+    # new one would not fit (the new one is always kept).
+    max_stored_uploads_mb: float = Field(2048, gt=0)
     # Rows read, validated and diagnosed at a time when the page scores a file: a job's memory
     # holds one chunk (and the diagnoses), not the file.
     chunk_rows: int = Field(10_000, ge=100)

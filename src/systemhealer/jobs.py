@@ -281,6 +281,7 @@ class JobStore:
         with self._lock:
             job = self.get(job_id)
             if job.status == QUEUED:
+                (self.folder(job_id) / job.input_file).unlink(missing_ok=True)
                 return self.update(job_id, status=CANCELLED, finished_at=_now())
             if job.status in FINISHED:
                 raise JobConflictError(f"job {job_id} has already {job.status}: nothing to cancel")
@@ -324,10 +325,12 @@ class Upload:
 
 
 class UploadStore:
-    """Uploaded files kept under ``<jobs_dir>/uploads/<id>/`` for a day at most."""
+    """Uploaded files kept under ``<jobs_dir>/uploads/<id>/`` for a day at most, and while
+    they fit in ``max_bytes`` together (the oldest go first when a new one would not fit)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
+        self.max_bytes = max_bytes
 
     def new(self, filename: str | None) -> Upload:
         self.prune()
@@ -344,7 +347,10 @@ class UploadStore:
         folder = self.root / check_id(upload_id)
         meta = read_json(folder / "upload.json")
         if not isinstance(meta, dict):
-            raise JobNotFoundError(f"no upload with id {upload_id!r} (uploads are kept a day)")
+            raise JobNotFoundError(
+                f"no upload with id {upload_id!r} (uploads are kept a day, the oldest removed "
+                "sooner when newer ones need the space): upload the file again"
+            )
         filename = str(meta.get("filename", "upload"))
         return Upload(upload_id, filename, folder / input_name(filename), meta)
 
@@ -359,6 +365,29 @@ class UploadStore:
             with contextlib.suppress(OSError):
                 if folder.stat().st_mtime < cutoff:
                     shutil.rmtree(folder, ignore_errors=True)
+
+    def make_room(self, upload: Upload) -> list[str]:
+        """Remove the oldest other uploads until all fit in ``max_bytes`` with ``upload``;
+        returns their ids. (An upload is never larger than the limit: the size limit of a
+        single upload is checked before.)"""
+        if self.max_bytes is None or not self.root.exists():
+            return []
+        sizes: list[tuple[float, int, Path]] = []
+        for folder in self.root.iterdir():
+            with contextlib.suppress(OSError):
+                size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+                sizes.append((folder.stat().st_mtime, size, folder))
+        total = sum(size for _, size, _ in sizes)
+        removed = []
+        for _, size, folder in sorted(sizes, key=lambda item: item[0]):
+            if total <= self.max_bytes:
+                break
+            if folder.name == upload.id:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
+            removed.append(folder.name)
+        return removed
 
 
 # --- the runner ---
@@ -476,18 +505,23 @@ class JobRunner:
             self.run(job)
 
     def run(self, job: Job) -> Job:
-        """Run one claimed job to its end and record how it ended."""
+        """Run one claimed job to its end and record how it ended. A finished job's input
+        file goes (what was diagnosed or trained on is in its results and MLflow run; kept,
+        inputs of the last ``web.keep_jobs`` jobs would take up to 20 GB)."""
         try:
             self.executors[job.kind](job)
         except JobCancelledError:
-            return self.store.update(job.id, status=CANCELLED, finished_at=_now(), pid=None)
+            ended = self.store.update(job.id, status=CANCELLED, finished_at=_now(), pid=None)
         except Exception as exc:
             if self._stop.is_set():
                 # Stopped by an orderly shutdown: left RUNNING, so recover() queues it again,
                 # and not counted as an attempt (only crashes are).
                 return self.store.update(job.id, attempts=max(0, job.attempts - 1), pid=None)
-            return self._failed(job, exc)
-        return self.store.update(job.id, status=SUCCEEDED, finished_at=_now(), pid=None)
+            ended = self._failed(job, exc)
+        else:
+            ended = self.store.update(job.id, status=SUCCEEDED, finished_at=_now(), pid=None)
+        (self.store.folder(job.id) / job.input_file).unlink(missing_ok=True)
+        return ended
 
     def _failed(self, job: Job, exc: Exception) -> Job:
         if isinstance(exc, SystemHealerError):

@@ -518,15 +518,23 @@ def _repeated_ids(ids: pd.Series) -> list[ValidationIssue]:
         return []
     distinct = pd.unique(repeated)
     shown = ", ".join(clipped(v) for v in distinct[:5])
-    return [
-        ValidationIssue(
-            "repeated_ids",
-            f"{len(distinct)} {SAMPLE_ID}(s) appear more than once, on {len(repeated)} rows "
-            f"(e.g. {shown}): their diagnoses cannot be told apart by id",
-            blocking=False,
-            column=SAMPLE_ID,
-        )
-    ]
+    return [_repeated_ids_issue(len(distinct), len(repeated), f" (e.g. {shown})")]
+
+
+def _repeated_ids_issue(distinct: int, rows: int, examples: str = "") -> ValidationIssue:
+    return ValidationIssue(
+        "repeated_ids",
+        f"{distinct} {SAMPLE_ID}(s) appear more than once, on {rows} rows{examples}: their "
+        "diagnoses cannot be told apart by id",
+        blocking=False,
+        column=SAMPLE_ID,
+    )
+
+
+def _id_hashes(ids: pd.Series) -> np.ndarray:
+    """64-bit hashes of the ids given (missing ones left out): 8 bytes an incident, so a
+    file read in chunks can be checked for repeated ids without keeping them."""
+    return pd.util.hash_pandas_object(ids[ids.notna()], index=False).to_numpy()
 
 
 class ChunkedValidation:
@@ -550,6 +558,7 @@ class ChunkedValidation:
         self.settings, self.profile, self.baseline = settings, profile, baseline
         self.report = ValidationReport(source=source, rows=0, columns=0)
         self.drift = DriftCounts(profile) if profile is not None else None
+        self._id_hashes: list[np.ndarray] = []  # of every chunk, for repeated sample ids
         self._finished = False
 
     @property
@@ -574,6 +583,8 @@ class ChunkedValidation:
         )
         self.report.rows += chunk.rows
         self.report.columns = chunk.columns
+        if SAMPLE_ID in raw.columns:
+            self._id_hashes.append(_id_hashes(raw[SAMPLE_ID]))
         self.report.checks_run = max(self.report.checks_run, chunk.checks_run)
         for issue in chunk.issues:
             self._add(issue)
@@ -597,7 +608,16 @@ class ChunkedValidation:
         # any other finding (a misnamed label column) is the same in every chunk: said once
 
     def finish(self) -> ValidationReport:
-        """The report of the whole file, with its range and missing-value warnings."""
+        """The report of the whole file, with its range and missing-value warnings and a
+        warning if sample ids repeat (counted over the file; a hash collision between two
+        different ids is one in 10^8 for a million incidents)."""
+        if not self._finished and self._id_hashes:
+            _, counts = np.unique(np.concatenate(self._id_hashes), return_counts=True)
+            repeated = counts[counts > 1]
+            if len(repeated):
+                self.report.issues.append(_repeated_ids_issue(len(repeated), int(repeated.sum())))
+                self.report.issues.sort(key=_report_order)
+            self._id_hashes = []
         if not self._finished and self.drift is not None and self.ok and self.report.rows:
             assert self.profile is not None
             issues, checks = _drift_check(

@@ -184,7 +184,11 @@ def create_app(
 ) -> FastAPI:
     """The web platform as a FastAPI app; ``run_jobs`` starts the background job queue with it."""
     store = jobs.JobStore(settings.jobs_dir)
-    uploads = jobs.UploadStore(settings.jobs_dir / "uploads")
+    uploads = jobs.UploadStore(
+        settings.jobs_dir / "uploads", int(settings.web.max_stored_uploads_mb * 2**20)
+    )
+    # Training files are validated whole in the request: a few at a time bound the memory.
+    validating = threading.BoundedSemaphore(2)
     champion = ChampionCache(settings)
     tables = TableCache()
     fingerprints: dict[str, Any] = {}
@@ -374,6 +378,7 @@ def create_app(
         header (its rows are checked by the job). ``ok`` false says why, in ``error``."""
         upload = uploads.new(file.filename)
         size = _copy_upload(file, upload.path)
+        uploads.make_room(upload)
         answer: dict[str, Any] = {
             "upload_id": upload.id,
             "filename": upload.filename,
@@ -383,7 +388,8 @@ def create_app(
         try:
             _refuse_bombs(upload.path, upload.filename)
             if purpose == "train":
-                answer.update(_check_training_file(upload.path, upload.filename))
+                with validating:
+                    answer.update(_check_training_file(upload.path, upload.filename))
             else:
                 champion.get()  # no champion: say so before anything is queued
                 _check_header(upload.path, upload.filename)
