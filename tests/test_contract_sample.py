@@ -85,10 +85,11 @@ def test_small_chunks_do_not_shrink_the_sample(flawed_file: Path, first_chunk: R
     """The sample spans chunks (typed ones and one read as text) until it has its rows; a
     file shorter than the sample is checked whole when the job ends."""
     whole = run_contract(first_chunk)
-    contract = scoring.ContractSample(40, load_settings().data, "incidents.csv")
-    for chunk in open_source(flawed_file).chunks(3):
-        contract.offer(chunk)
-    assert contract.result() == whole
+    for in_child in (False, True):  # the child gets the sample in an Arrow file
+        contract = scoring.ContractSample(40, load_settings().data, "incidents.csv", in_child)
+        for chunk in open_source(flawed_file).chunks(3):
+            contract.offer(chunk)
+        assert contract.result() == whole
     contract = scoring.ContractSample(500, load_settings().data, "incidents.csv")
     for chunk in open_source(flawed_file).chunks(7):
         contract.offer(chunk)

@@ -331,6 +331,18 @@ def check_chunk(chunk: RawChunk) -> CheckedChunk:
 # --- the Great Expectations contract on the first rows ------------------------------------------
 
 
+def _as_text(chunk: RawChunk) -> pd.DataFrame:
+    """A chunk as a chunk read as text holds it: KPI cells as strings, ids as typed."""
+    if chunk.raw is not None:
+        return chunk.raw
+    typed = chunk.typed
+    assert typed is not None
+    schema = pa.schema(
+        [f if f.name == SAMPLE_ID else pa.field(f.name, pa.string()) for f in typed.schema]
+    )
+    return typed.cast(schema).to_pandas()
+
+
 class ContractSample:
     """Run the GX contract on the first rows of a file beside the job, then check that it agrees
     with the numpy row checks on those rows (it is the reference they implement).
@@ -399,11 +411,8 @@ class ContractSample:
             typed = pa.concat_tables([c.typed for c in pending], promote_options="permissive")
             sample = RawChunk(positions=positions, typed=typed)
             frame = typed.to_pandas()
-        else:  # some rows were read as text: the sample is text where they are
-            frame = pd.concat(
-                [c.raw if c.raw is not None else c.typed.to_pandas() for c in pending],  # type: ignore[union-attr]
-                ignore_index=True,
-            )
+        else:  # some rows were read as text: the sample is text, as those chunks are
+            frame = pd.concat([_as_text(c) for c in pending], ignore_index=True)
             sample = RawChunk(positions=positions, raw=frame)
         n = len(positions)
         self._expected = check_chunk(sample).cell_counts
