@@ -185,13 +185,16 @@ def test_uploads_make_room_for_a_new_one_oldest_first(tmp_path: Path) -> None:
     with pytest.raises(jobs.JobNotFoundError, match="upload the file again"):
         uploads.get(made[0].id)
     assert uploads.get(made[1].id).filename == "b.csv"
+    arriving = uploads.new("e.csv")  # still being received or checked: no upload.json yet
+    arriving.path.write_bytes(b"x" * 1000)
+    os.utime(arriving.path.parent, (time.time() - 900, time.time() - 900))  # the oldest
     newest = uploads.new("d.csv")
     newest.path.write_bytes(b"x" * 5000)  # over the cap alone: the others go, it stays
     assert sorted(uploads.make_room(newest)) == sorted([made[1].id, made[2].id])
-    assert newest.path.exists()
+    assert newest.path.exists() and arriving.path.exists()
 
 
-def test_a_finished_job_keeps_its_results_not_its_input(tmp_path: Path) -> None:
+def test_a_finished_diagnosis_keeps_its_results_not_its_input(tmp_path: Path) -> None:
     store = jobs.JobStore(tmp_path)
 
     def refuse(job: jobs.Job) -> None:
@@ -206,6 +209,13 @@ def test_a_finished_job_keeps_its_results_not_its_input(tmp_path: Path) -> None:
     queued = _new(store)
     assert store.request_cancel(queued.id).status == jobs.CANCELLED
     assert not (store.folder(queued.id) / queued.input_file).exists()
+    assert store.claim(queued.id) is None  # a runner that listed it before the cancel
+    assert store.get(queued.id).status == jobs.CANCELLED
+    # A training keeps the data behind its model.
+    runner = jobs.JobRunner(store, {jobs.TRAIN: lambda job: None}, {jobs.TRAIN: 1})
+    training = _new(store, jobs.TRAIN, "night.csv")
+    assert runner.run(store.get(training.id)).status == jobs.SUCCEEDED
+    assert (store.folder(training.id) / training.input_file).exists()
 
 
 def test_an_orderly_shutdown_leaves_the_running_job_to_run_again(tmp_path: Path) -> None:

@@ -239,6 +239,17 @@ class JobStore:
             self.save(job)
             return job
 
+    def claim(self, job_id: str) -> Job | None:
+        """Mark a queued job running, checked and set under the store's lock (a cancel in
+        between wins: None); returns the job as saved."""
+        with self._lock:
+            job = self.get(job_id)
+            if job.status != QUEUED:
+                return None
+            return self.update(
+                job_id, status=RUNNING, started_at=_now(), attempts=job.attempts + 1, error=None
+            )
+
     def list(self, kind: str | None = None) -> list[Job]:
         """Jobs, newest first."""
         if not self.root.exists():
@@ -331,6 +342,9 @@ class UploadStore:
     def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # Held by make_room and by whoever turns an upload into a job (take it, move its file):
+        # an upload being queued is never removed under the request queuing it.
+        self.lock = threading.Lock()
 
     def new(self, filename: str | None) -> Upload:
         self.prune()
@@ -367,27 +381,28 @@ class UploadStore:
                     shutil.rmtree(folder, ignore_errors=True)
 
     def make_room(self, upload: Upload) -> list[str]:
-        """Remove the oldest other uploads until all fit in ``max_bytes`` with ``upload``;
-        returns their ids. (An upload is never larger than the limit: the size limit of a
-        single upload is checked before.)"""
+        """Remove the oldest other uploads waiting for a click (checked, with their
+        ``upload.json``) until all fit in ``max_bytes``; returns their ids. Uploads still being
+        received or checked are counted, never removed; ``upload`` itself always stays."""
         if self.max_bytes is None or not self.root.exists():
             return []
-        sizes: list[tuple[float, int, Path]] = []
-        for folder in self.root.iterdir():
-            with contextlib.suppress(OSError):
-                size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-                sizes.append((folder.stat().st_mtime, size, folder))
-        total = sum(size for _, size, _ in sizes)
-        removed = []
-        for _, size, folder in sorted(sizes, key=lambda item: item[0]):
-            if total <= self.max_bytes:
-                break
-            if folder.name == upload.id:
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            total -= size
-            removed.append(folder.name)
-        return removed
+        with self.lock:
+            sizes: list[tuple[float, int, Path]] = []
+            for folder in self.root.iterdir():
+                with contextlib.suppress(OSError):
+                    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+                    sizes.append((folder.stat().st_mtime, size, folder))
+            total = sum(size for _, size, _ in sizes)
+            removed = []
+            for _, size, folder in sorted(sizes, key=lambda item: item[0]):
+                if total <= self.max_bytes:
+                    break
+                if folder.name == upload.id or not (folder / "upload.json").exists():
+                    continue
+                shutil.rmtree(folder, ignore_errors=True)
+                total -= size
+                removed.append(folder.name)
+            return removed
 
 
 # --- the runner ---
@@ -484,15 +499,9 @@ class JobRunner:
     def _claim_next(self, kind: str) -> Job | None:
         with self._claim:
             for candidate in self.store.queued(kind):
-                fresh = self.store.get(candidate.id)
-                if fresh.status == QUEUED:
-                    return self.store.update(
-                        fresh.id,
-                        status=RUNNING,
-                        started_at=_now(),
-                        attempts=fresh.attempts + 1,
-                        error=None,
-                    )
+                claimed = self.store.claim(candidate.id)
+                if claimed is not None:
+                    return claimed
         return None
 
     def _lane(self, kind: str) -> None:
@@ -505,9 +514,10 @@ class JobRunner:
             self.run(job)
 
     def run(self, job: Job) -> Job:
-        """Run one claimed job to its end and record how it ended. A finished job's input
-        file goes (what was diagnosed or trained on is in its results and MLflow run; kept,
-        inputs of the last ``web.keep_jobs`` jobs would take up to 20 GB)."""
+        """Run one claimed job to its end and record how it ended. A finished diagnosis drops
+        its input file (its diagnoses are the result; kept, the inputs of the last
+        ``web.keep_jobs`` jobs would take up to 20 GB). A training keeps its input: the data
+        behind a registered model (MLflow records only its fingerprint)."""
         try:
             self.executors[job.kind](job)
         except JobCancelledError:
@@ -520,7 +530,8 @@ class JobRunner:
             ended = self._failed(job, exc)
         else:
             ended = self.store.update(job.id, status=SUCCEEDED, finished_at=_now(), pid=None)
-        (self.store.folder(job.id) / job.input_file).unlink(missing_ok=True)
+        if job.kind != TRAIN:
+            (self.store.folder(job.id) / job.input_file).unlink(missing_ok=True)
         return ended
 
     def _failed(self, job: Job, exc: Exception) -> Job:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -378,7 +378,6 @@ def create_app(
         header (its rows are checked by the job). ``ok`` false says why, in ``error``."""
         upload = uploads.new(file.filename)
         size = _copy_upload(file, upload.path)
-        uploads.make_room(upload)
         answer: dict[str, Any] = {
             "upload_id": upload.id,
             "filename": upload.filename,
@@ -398,6 +397,7 @@ def create_app(
             answer.update(ok=False, **_error_payload(exc))
         if answer["ok"]:
             uploads.save_meta(upload, answer)
+            uploads.make_room(upload)
         else:
             uploads.discard(upload.id)  # nothing can be done with it
             answer.pop("upload_id")
@@ -438,31 +438,41 @@ def create_app(
                 checked.update(ok=False, error=f"{shown}: {exc}")
         return checked
 
-    def take_upload(upload_id: str, purpose: str) -> jobs.Upload:
-        upload = uploads.get(upload_id)
-        if upload.meta.get("purpose") != purpose or not upload.meta.get("ok"):
-            raise jobs.JobNotFoundError(f"no checked upload {upload_id!r} to {purpose}")
-        return upload
+    def queue_upload(
+        upload_id: str, kind: str, params: Callable[[jobs.Upload], dict[str, Any]]
+    ) -> tuple[jobs.Job, jobs.Upload]:
+        """Turn a checked upload into a queued job of ``kind``, its file moved into the job."""
+        purpose = "train" if kind == jobs.TRAIN else "diagnose"
+        with uploads.lock:  # not removed to make room while it is being moved
+            upload = uploads.get(upload_id)
+            if upload.meta.get("purpose") != purpose or not upload.meta.get("ok"):
+                raise jobs.JobNotFoundError(f"no checked upload {upload_id!r} to {purpose}")
+            try:
+                job = queue(
+                    kind, upload.filename, params(upload),
+                    lambda target: os.replace(upload.path, target),
+                )  # fmt: skip
+            except FileNotFoundError as exc:  # a second request for it won the race
+                raise jobs.JobConflictError(
+                    f"upload {upload_id!r} is gone: queued by another request, or expired"
+                ) from exc
+        uploads.discard(upload.id)
+        return job, upload
 
     # --- training ---
 
     @app.post(f"{API}/training-jobs", status_code=202, dependencies=[require_token])
     def start_training(request: TrainingRequest) -> dict[str, Any]:
         """Queue a training of a validated upload through the Prefect training flow."""
-        upload = take_upload(request.upload_id, "train")
-        try:
-            job = queue(
-                jobs.TRAIN,
-                upload.filename,
-                {"class_counts": upload.meta.get("class_counts"), "rows": _rows(upload.meta)},
-                lambda target: os.replace(upload.path, target),
-            )
-        except FileNotFoundError as exc:  # a second request for the same upload won the race
-            raise jobs.JobConflictError(
-                f"upload {request.upload_id!r} is gone: queued by another request, or expired"
-            ) from exc
+        job, upload = queue_upload(
+            request.upload_id,
+            jobs.TRAIN,
+            lambda upload: {
+                "class_counts": upload.meta.get("class_counts"),
+                "rows": _rows(upload.meta),
+            },
+        )
         store.write(job.id, "validation.json", upload.meta.get("validation"))
-        uploads.discard(upload.id)
         return job_view(job, full=False)
 
     # --- diagnosis ---
@@ -479,14 +489,9 @@ def create_app(
             d.name for d in list_deployments(settings)
         }:
             raise DeploymentNotFoundError(f"no calibrated deployment named {deployment!r}")
-        upload = take_upload(request.upload_id, "diagnose")
-        job = queue(
-            jobs.DIAGNOSE,
-            upload.filename,
-            {"deployment": deployment},
-            lambda target: os.replace(upload.path, target),
+        job, _ = queue_upload(
+            request.upload_id, jobs.DIAGNOSE, lambda _: {"deployment": deployment}
         )
-        uploads.discard(upload.id)
         return job_view(job, full=False)
 
     @app.post(f"{API}/diagnose", dependencies=[require_token, Depends(keys_once)])
