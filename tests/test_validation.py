@@ -142,8 +142,8 @@ def test_ids_repeated_across_chunks_are_a_warning_too(frame: pd.DataFrame) -> No
     incidents.loc[[20, 21], "sample_id"] = None  # missing ids are not repeated ones
     whole, _ = validate_frame(incidents, "f.csv", DataSettings(), False)
     chunked = ChunkedValidation("f.csv", DataSettings())
-    for chunk in _chunks(incidents, 256):
-        chunked.check(chunk)
+    for chunk in _chunks(incidents.rename(columns={"sample_id": " sample_id"}), 256):
+        chunked.check(chunk)  # a padded header name is read as validate_frame reads it
     (found,) = [i for i in chunked.finish().issues if i.check == "repeated_ids"]
     (expected,) = [i for i in whole.issues if i.check == "repeated_ids"]
     assert not found.blocking and chunked.ok

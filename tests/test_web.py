@@ -334,6 +334,13 @@ def test_diagnose_a_file_and_one_incident(
         "() => document.querySelector('#diagnosis-table th[data-key=predicted_label]')"
         ".querySelector('.arrow')"
     )
+    first = page.get_attribute("#diagnosis-table th[data-key=predicted_label]", "aria-sort")
+    page.keyboard.press("Enter")  # the redrawn header kept the focus: the order turns
+    page.wait_for_function(
+        "(first) => document.querySelector('#diagnosis-table th[data-key=predicted_label]')"
+        ".getAttribute('aria-sort') !== first",
+        arg=first,
+    )
     earlier = page.locator("#diagnosis-jobs tbody tr", has_text=UNLABELLED_FILE.name)
     earlier.focus()
     page.keyboard.press("Enter")

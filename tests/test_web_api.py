@@ -399,6 +399,20 @@ def test_models_list_archive_and_report(client: TestClient, trained_state: Any) 
     assert tracking.champion_history(load_settings())[-1] == champion
 
 
+def test_a_promotion_waits_for_a_deciding_gate_then_says_busy(
+    client: TestClient, trained_state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from systemhealer.web import app as web_app
+
+    monkeypatch.setattr(web_app, "CHAMPION_WAIT_SECONDS", 0.5)
+    champion = client.get("/ui/api/models").json()["champion_version"]
+    with tracking.champion_lock(load_settings()):  # as a training's gate holds it
+        for path in (f"/ui/api/models/{champion}/promote", "/ui/api/models/rollback"):
+            busy = client.post(path)
+            assert busy.status_code == 409 and "champion lock" in busy.json()["error"], path
+    assert client.post(f"/ui/api/models/{champion}/promote").status_code == 200
+
+
 def test_mutating_calls_need_the_token_when_one_is_set(trained_state: Any) -> None:
     settings = _with(load_settings(), api_token="s3cret")
     with TestClient(create_app(settings, run_jobs=False)) as client:

@@ -809,7 +809,9 @@ def main() -> None:
     except _Terminated as exc:
         typer.echo("stopped (SIGTERM)", err=True)
         sys.exit(exc.code)
-    except OSError as exc:  # the machine's, not the input's: a full disk, a lost mount, …
+    except OSError as exc:  # a file or connection of the machine: a full disk, a lost mount, …
+        if os.environ.get("SYSTEMHEALER_DEBUG"):
+            raise
         where = f": {exc.filename}" if exc.filename else ""
         typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
         sys.exit(74)  # EX_IOERR

@@ -33,6 +33,7 @@ class BusyError(SystemHealerError):
     """Another process holds what this one needs (a lock): try again later."""
 
     exit_code = 75  # EX_TEMPFAIL
+    http_status = 409
 
 
 class ModelNotFoundError(SystemHealerError):

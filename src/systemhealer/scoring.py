@@ -368,6 +368,7 @@ class ContractSample:
         self._sample_rows = 0
         self._offered = False
         self._pending: list[RawChunk] = []  # the sample's rows so far
+        self._pending_rows = 0
         if self.in_child and rows > 0:
             self._start_child()
 
@@ -390,9 +391,10 @@ class ContractSample:
         ``--chunk-rows`` do not shrink it); the check starts once it is complete."""
         if self._offered or self.rows <= 0:
             return
-        n = min(self.rows - sum(len(c.positions) for c in self._pending), len(chunk.positions))
+        n = min(self.rows - self._pending_rows, len(chunk.positions))
         if n == 0:
             return
+        self._pending_rows += n
         if chunk.typed is not None:
             self._pending.append(
                 RawChunk(positions=chunk.positions[:n], typed=chunk.typed.slice(0, n))
@@ -400,7 +402,7 @@ class ContractSample:
         else:
             raw = chunk.raw.iloc[:n].reset_index(drop=True)  # type: ignore[union-attr]
             self._pending.append(RawChunk(positions=chunk.positions[:n], raw=raw))
-        if sum(len(c.positions) for c in self._pending) >= self.rows:
+        if self._pending_rows >= self.rows:
             self._start()
 
     def _start(self) -> None:

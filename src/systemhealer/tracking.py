@@ -261,18 +261,26 @@ def champion_history(settings: Settings) -> list[str]:
 
 
 @contextmanager
-def champion_lock(settings: Settings) -> Iterator[None]:
+def champion_lock(settings: Settings, timeout: float | None = None) -> Iterator[None]:
     """Moves of the champion alias one at a time: a hand promotion or rollback waits for a
     gate that is judging against the current champion, and the gate's move cannot overwrite
-    one made while it was scoring (nor two moves lose each other's history entry)."""
-    with state_lock(settings, CHAMPION):
+    one made while it was scoring (nor two moves lose each other's history entry).
+    ``timeout``: seconds to wait at most (LockTimeoutError, a BusyError), None = as long as it
+    takes."""
+    lock = state_lock(settings, CHAMPION)
+    lock.acquire(timeout=timeout)
+    try:
         yield
+    finally:
+        lock.release()
 
 
-def set_champion(settings: Settings, version: str, record: bool = True) -> str:
+def set_champion(
+    settings: Settings, version: str, record: bool = True, timeout: float | None = None
+) -> str:
     """Give ``version`` the champion alias; remember the move so it can be rolled back.
     Returns the version as the registry spells it."""
-    with champion_lock(settings):
+    with champion_lock(settings, timeout):
         return assign_champion(settings, version, record)
 
 
@@ -291,9 +299,9 @@ def assign_champion(settings: Settings, version: str, record: bool = True) -> st
     return version
 
 
-def rollback_champion(settings: Settings) -> tuple[str, str]:
+def rollback_champion(settings: Settings, timeout: float | None = None) -> tuple[str, str]:
     """Move the champion alias back to the previous champion. Returns (from, to)."""
-    with champion_lock(settings):
+    with champion_lock(settings, timeout):
         return _roll_back(settings)
 
 

@@ -115,6 +115,8 @@ class TableCache:
 
 
 UPLOAD_LIMIT = "serving.max_upload_mb"
+# A promotion or rollback waits this long at most for a gate that is deciding (then 409).
+CHAMPION_WAIT_SECONDS = 60.0
 
 
 class IncidentsRequest(BaseModel):
@@ -663,12 +665,16 @@ def create_app(
 
     @app.post(f"{API}/models/{{version}}/promote", dependencies=[require_token])
     def promote(version: str) -> dict[str, Any]:
-        return {"champion": tracking.set_champion(settings, checked_version(version))}
+        return {
+            "champion": tracking.set_champion(
+                settings, checked_version(version), timeout=CHAMPION_WAIT_SECONDS
+            )
+        }
 
     @app.post(f"{API}/models/rollback", dependencies=[require_token])
     def rollback() -> JSONResponse:
         try:
-            before, after = tracking.rollback_champion(settings)
+            before, after = tracking.rollback_champion(settings, timeout=CHAMPION_WAIT_SECONDS)
         except ModelNotFoundError as exc:  # nothing to roll back to: the request conflicts
             return JSONResponse({"error": str(exc)}, status_code=409)
         return JSONResponse({"from": before, "champion": after})

@@ -213,8 +213,14 @@
           [10, 25, 50, 100].map((n) => h("option", { value: n, selected: n === state.limit }, SH.t("table.per_page", { n })))),
         h("button", { disabled: state.offset === 0, onclick: () => { state.offset = Math.max(0, state.offset - state.limit); draw(); }, "aria-label": SH.t("table.previous") }, "‹"),
         h("button", { disabled: last >= page.total, onclick: () => { state.offset += state.limit; draw(); }, "aria-label": SH.t("table.next") }, "›"));
+      // Redrawn (sorted, paged, refreshed): the header or row that had the focus keeps it.
+      const focused = container.contains(document.activeElement) ? document.activeElement : null;
+      const focusedKey = focused && focused.tagName === "TH" ? focused.dataset.key : null;
+      const focusedRow = focused && focused.tagName === "TR" ? Array.from(focused.parentNode.children).indexOf(focused) : -1;
       container.textContent = "";
       container.appendChild(h("div.table-wrap", h("table.data", h("thead", head), body)));
+      if (focusedKey) { const th = head.querySelector(`th[data-key="${CSS.escape(focusedKey)}"]`); if (th) th.focus(); }
+      else if (focusedRow >= 0 && body.children[focusedRow]) body.children[focusedRow].focus();
       if (!page.total) container.appendChild(h("div.empty-state", SH.t((options && options.empty) || "table.empty")));
       if (page.total > Math.min(...[10, state.limit])) container.appendChild(pager);
     };
