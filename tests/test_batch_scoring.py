@@ -383,3 +383,23 @@ def test_ids_are_typed_over_the_whole_file_whole_or_in_partitions(
     scoring.merge_partitions(source, tmp_path / "merged.csv", parts, champion)
     merged = pd.read_csv(tmp_path / "merged.csv")
     assert merged[SAMPLE_ID].tolist() == expected, kind
+
+
+def test_predict_on_dask_reports_a_bad_file_in_one_line(
+    trained_state, unlabelled_frame: pd.DataFrame, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Neither the flow's process nor its Dask workers print Prefect's traceback: the error
+    is said once, as on the one-process path."""
+    from tests.ops_helpers import case_env, run_cli
+
+    bad = unlabelled_frame.head(50).astype({"feature3": object})
+    bad.loc[10, "feature3"] = "abc"
+    source = tmp_path / "bad.csv"
+    bad.to_csv(source, index=False)
+    done = run_cli(
+        case_env(trained_state.home), "predict", str(source), "-o", str(tmp_path / "out.csv"),
+        "--dask", "local", timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("error: ") and "'feature3' is not a number" in done.stderr

@@ -230,6 +230,9 @@ def predict(
         if warning:
             _echo_warnings([warning])
         prepare_prefect(settings)
+        # Dask workers started here log their failed tasks to their own console: the error
+        # is reported once, below (their logs still reach the Prefect API).
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         from flows.scoring import run_batch_scoring
         from systemhealer.orchestration import quiet_prefect_console
 
