@@ -224,7 +224,7 @@ def predict(
     scoring.check_job(path, output, on_bad_rows)
     replacing = output.exists()  # replaced only once the job succeeded (renamed into place)
     if dask:
-        from systemhealer.orchestration import prepare_prefect
+        from systemhealer.orchestration import prepare_prefect, quiet_prefect_console
 
         warning = scoring.partition_warning(path, partitions or settings.scoring.partitions)
         if warning:
@@ -234,7 +234,6 @@ def predict(
         # is reported once, below (their logs still reach the Prefect API).
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         from flows.scoring import run_batch_scoring
-        from systemhealer.orchestration import quiet_prefect_console
 
         quiet_prefect_console()
 

@@ -250,6 +250,10 @@ class JobStore:
                 job_id, status=RUNNING, started_at=_now(), attempts=job.attempts + 1, error=None
             )
 
+    def drop_input(self, job: Job) -> None:
+        """Delete the file a job was queued with (its results stay)."""
+        (self.folder(job.id) / job.input_file).unlink(missing_ok=True)
+
     def list(self, kind: str | None = None) -> list[Job]:
         """Jobs, newest first."""
         if not self.root.exists():
@@ -292,7 +296,7 @@ class JobStore:
         with self._lock:
             job = self.get(job_id)
             if job.status == QUEUED:
-                (self.folder(job_id) / job.input_file).unlink(missing_ok=True)
+                self.drop_input(job)
                 return self.update(job_id, status=CANCELLED, finished_at=_now())
             if job.status in FINISHED:
                 raise JobConflictError(f"job {job_id} has already {job.status}: nothing to cancel")
@@ -531,7 +535,7 @@ class JobRunner:
         else:
             ended = self.store.update(job.id, status=SUCCEEDED, finished_at=_now(), pid=None)
         if job.kind != TRAIN:
-            (self.store.folder(job.id) / job.input_file).unlink(missing_ok=True)
+            self.store.drop_input(job)
         return ended
 
     def _failed(self, job: Job, exc: Exception) -> Job:

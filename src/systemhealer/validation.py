@@ -373,12 +373,23 @@ def _missing_labels(
     if not missing.any():
         return None
     positions = [int(i) for i in np.flatnonzero(missing.to_numpy())[:5]]
-    count = int(missing.sum())
+    return _missing_issue(frame, LABEL, positions, int(missing.sum()), first_row, blocking=True)
+
+
+def _missing_issue(
+    frame: pd.DataFrame,
+    column: str,
+    positions: list[int],
+    count: int,
+    first_row: int,
+    blocking: bool,
+) -> ValidationIssue:
+    """``column`` missing in ``count`` rows, the first at ``positions`` of ``frame``."""
     refs = _row_refs(frame, positions)
     ids = f" (sample_id {', '.join(refs)})" if refs else ""
     rows = [r + first_row for r in positions]
-    message = f"'{LABEL}' is missing in {count} row(s): {_rows_text(rows, count)}{ids}"
-    return ValidationIssue("missing", message, True, LABEL, rows, refs, count)
+    message = f"'{column}' is missing in {count} row(s): {_rows_text(rows, count)}{ids}"
+    return ValidationIssue("missing", message, blocking, column, rows, refs, count)
 
 
 def _issue_from_result(
@@ -391,10 +402,12 @@ def _issue_from_result(
     kwargs = config.kwargs
     column = kwargs.get("column")
     details = result.result or {}
-    rows = [int(i) for i in (details.get("unexpected_index_list") or [])[:5]]
-    count = int(details.get("unexpected_count") or len(rows))
-    refs = _row_refs(frame, rows)
-    rows = [r + first_row for r in rows]
+    positions = [int(i) for i in (details.get("unexpected_index_list") or [])[:5]]
+    count = int(details.get("unexpected_count") or len(positions))
+    if kind == "expect_column_values_to_not_be_null":
+        return _missing_issue(frame, column, positions, count, first_row, blocking)
+    refs = _row_refs(frame, positions)
+    rows = [r + first_row for r in positions]
     at = _rows_text(rows, count) if rows else ""
     ids = f" (sample_id {', '.join(refs)})" if refs else ""
     if kind == "expect_table_row_count_to_be_between":
@@ -419,9 +432,6 @@ def _issue_from_result(
             f"{', '.join(values[:5])} at {at}{ids}",
             blocking, column, rows, refs, count,
         )  # fmt: skip
-    if kind == "expect_column_values_to_not_be_null":
-        message = f"'{column}' is missing in {count} row(s): {at}{ids}"
-        return ValidationIssue("missing", message, blocking, column, rows, refs, count)
     return ValidationIssue(kind, f"{kind} failed on {column or 'the table'}", blocking, column)
 
 
