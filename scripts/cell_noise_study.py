@@ -2,7 +2,7 @@
 
 For each fold of ``systemhealer crossval`` (the same folds and models), the balanced shifted copies
 of the held-out fold that the shift evaluation scores; in the noisy ones every value of the
-second half of each copy's incidents is multiplied by its own factor from U(1, 1 + ``--noise``)
+second half of each copy's incidents is offset by its own U(0, ``--noise``) times the KPI's mean
 (``shift.shifted_copies(noisy_half=...)``, the same incidents and shifts), and each copy is
 scored with halves calibrating each other (``shift.shift_scores``):
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("training", help="labelled incidents")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--noise", type=float, default=0.1, help="factors from U(1, 1 + noise)")
+    parser.add_argument("--noise", type=float, default=0.1, help="offsets U(0, noise) times the KPI mean")
     args = parser.parse_args()
     settings = load_settings()
     unique, groups = distinct_incidents(read_incidents(args.training), settings)

@@ -85,7 +85,7 @@ def test_swap_noise_keeps_each_kpi_within_its_fault_class() -> None:
     assert swap_within_class(values, labels, 0.0, rng) is values
 
 
-def test_cell_noise_multiplies_or_divides_each_value_of_a_noisy_incident_by_its_own_factor() -> (
+def test_cell_noise_offsets_each_value_of_a_noisy_incident_by_its_own_share_of_the_kpi_mean() -> (
     None
 ):
     from systemhealer.shift import cell_noise
@@ -93,21 +93,30 @@ def test_cell_noise_multiplies_or_divides_each_value_of_a_noisy_incident_by_its_
     rng = np.random.default_rng(5)
     values = rng.lognormal(0, 3, size=(4000, 6)) * np.where(rng.random((4000, 6)) < 0.2, -1, 1)
     values[rng.random(values.shape) < 0.1] = np.nan
+    means = np.nanmean(values, axis=0)
     noisy = cell_noise(values, 0.3, 0.1, rng)
     assert np.array_equal(np.isnan(noisy), np.isnan(values))  # missing stays missing
-    ratio = noisy / values
-    touched = ~np.all((ratio == 1) | np.isnan(ratio), axis=1)
+    share = (noisy - values) / means  # the offset as a share of the KPI's mean
+    touched = ~np.all((share == 0) | np.isnan(share), axis=1)
     assert 0.27 < touched.mean() < 0.33  # about 30 % of the incidents, the rest untouched
-    assert np.nanmin(ratio) >= 1 / 1.1 - 1e-12 and np.nanmax(ratio) <= 1.1 + 1e-12
-    up = touched & (np.nanmean(ratio, axis=1) > 1)
-    down = touched & (np.nanmean(ratio, axis=1) < 1)
+    assert np.nanmin(share) >= -0.1 - 1e-9 and np.nanmax(share) <= 0.1 + 1e-9
+    up = touched & (np.nanmean(share, axis=1) > 0)
+    down = touched & (np.nanmean(share, axis=1) < 0)
     assert abs(up.sum() - down.sum()) < 0.15 * touched.sum()  # both directions, about evenly
-    assert np.nanmin(ratio[up]) >= 1 and np.nanmax(ratio[down]) <= 1  # one direction per incident
-    # Independent per cell: the factors of two KPIs of the same incident are uncorrelated.
-    both = up & ~np.isnan(ratio[:, 0]) & ~np.isnan(ratio[:, 1])
-    assert abs(np.corrcoef(ratio[both, 0], ratio[both, 1])[0, 1]) < 0.1
-    upward = cell_noise(values, 1.0, 0.1, rng, direction="up") / values
-    assert np.nanmin(upward) >= 1 and np.nanmedian(upward) == pytest.approx(1.05, abs=0.005)
+    assert np.nanmin(share[up]) >= 0 and np.nanmax(share[down]) <= 0  # one direction each
+    # The offset does not depend on the value, and two KPIs of an incident draw independently.
+    cells = up[:, None] & ~np.isnan(share)
+    assert abs(np.corrcoef(share[cells], np.abs(values[cells]))[0, 1]) < 0.05
+    both = up & ~np.isnan(share[:, 0]) & ~np.isnan(share[:, 1])
+    assert abs(np.corrcoef(share[both, 0], share[both, 1])[0, 1]) < 0.1
+    upward = (cell_noise(values, 1.0, 0.1, rng, direction="up") - values) / means
+    assert np.nanmin(upward) >= 0 and np.nanmedian(upward) == pytest.approx(0.05, abs=0.003)
+    # An explicit scale replaces the means; a KPI without any value gets no offset.
+    scaled = cell_noise(values, 1.0, 0.1, rng, direction="up", scale=np.full(6, 2.0)) - values
+    assert np.nanmin(scaled) >= -1e-9 and np.nanmax(scaled) <= 0.2 + 1e-9
+    empty = values.copy()
+    empty[:, 0] = np.nan
+    assert np.isnan(cell_noise(empty, 1.0, 0.1, rng)[:, 0]).all()
     assert cell_noise(values, 0.0, 0.1, rng) is values
     with pytest.raises(ValueError):
         cell_noise(values, 0.3, 0.1, rng, direction="sideways")
@@ -123,11 +132,11 @@ def test_a_noisy_half_simulation_noises_the_second_half_of_each_copy_only() -> N
     noisy_copies = shifted_copies(features, labels, ("a", "b"), ("d",), 3, seed=3, noisy_half=0.1)
     for (clean, y_clean), (noisy, y_noisy) in zip(clean_copies, noisy_copies, strict=True):
         assert np.array_equal(y_clean, y_noisy)  # the same incidents, the same shift
-        ratio = (noisy / clean).to_numpy()
-        half = len(ratio) // 2
-        assert (ratio[:half] == 1).all()
-        assert ratio[half:].min() >= 1 and ratio[half:].max() <= 1.1
-        assert ratio[half:].std() > 0.02
+        offset = (noisy - clean).to_numpy() / clean.mean().to_numpy()
+        half = len(offset) // 2
+        assert (offset[:half] == 0).all()
+        assert offset[half:].min() >= 0 and offset[half:].max() <= 0.1 + 1e-9
+        assert offset[half:].std() > 0.02
 
     class Recorder:  # which rows calibrate which
         def diagnose(self, frame: pd.DataFrame, stats: object) -> pd.DataFrame:
@@ -138,7 +147,7 @@ def test_a_noisy_half_simulation_noises_the_second_half_of_each_copy_only() -> N
     )
     assert [w.reference.tolist() for w in windows] == [
         list(range(half)),
-        list(range(half, len(ratio))),
+        list(range(half, len(offset))),
     ]
 
 

@@ -94,12 +94,12 @@ class TrainingSettings(_Section):
     # (shift.swap_within_class). 0 = off.
     swap_share: float = Field(0.3, ge=0, lt=1)
     # Per-cell noise: each epoch about this share of the training incidents has every KPI value
-    # multiplied — or, for half of them, divided — by its own factor drawn from
-    # U(1, 1 + cell_noise) (shift.cell_noise). The shipped unlabelled deployment holds incidents
-    # with such noise (factors U(1, 1.1)) beside clean ones; a window of one kind reading
-    # incidents of the other then misplaces narrow KPIs (docs/calibration.md). 0 = off.
-    cell_noise: float = Field(0.1, ge=0, lt=1)
-    cell_noise_share: float = Field(0.3, ge=0, le=1)
+    # offset by its own U(0, cell_noise) times the KPI's mean — upwards, or for half of them
+    # downwards (shift.cell_noise). The shipped unlabelled deployment holds such noisy copies
+    # (offsets U(0, 0.1) · mean) beside clean incidents; a window of one kind reading incidents
+    # of the other then misplaces narrow KPIs (docs/calibration.md). 0 = off.
+    cell_noise: float = Field(0.15, ge=0, lt=1)
+    cell_noise_share: float = Field(0.5, ge=0, le=1)
 
 
 class EvaluationSettings(_Section):
@@ -110,9 +110,9 @@ class EvaluationSettings(_Section):
     # swapped within its class (KPIs that go together less tightly, as on the shipped unlabelled
     # deployment; shift.swap_within_class).
     shift_swap_share: float = Field(0.3, ge=0, lt=1)
-    # A fourth: balanced shifted copies whose second half has every value multiplied by its own
-    # factor from U(1, 1 + this); the clean half calibrates the scoring of the noisy half and
-    # the reverse, as the two kinds of incidents of the shipped unlabelled deployment would
+    # A fourth: balanced shifted copies whose second half has every value offset by its own
+    # U(0, this) times the KPI's mean; the clean half calibrates the scoring of the noisy half
+    # and the reverse, as the two kinds of incidents of the shipped unlabelled deployment would
     # (shift.cell_noise, docs/calibration.md).
     shift_cell_noise: float = Field(0.1, gt=0, lt=1)
     # The gate also requires the shift score (mean of the four calibrated simulations) to be

@@ -29,7 +29,7 @@ from systemhealer.errors import TrainingError
 from systemhealer.evaluation import macro_f1
 from systemhealer.features import KpiPreprocessor
 from systemhealer.model import FaultEnsemble, FaultMLP
-from systemhealer.shift import cell_noise, pseudo_deployment, swap_within_class
+from systemhealer.shift import cell_noise, kpi_means, pseudo_deployment, swap_within_class
 
 EpochCallback = Callable[[dict[str, float]], None]
 # Network inputs of the training rows for one epoch (drawn anew each epoch when augmenting).
@@ -74,6 +74,7 @@ class PreparedData:
         augmented = settings.swap_share > 0 or (
             settings.cell_noise > 0 and settings.cell_noise_share > 0
         )
+        means = kpi_means(values)  # the scale of each KPI's cell noise
 
         def sample(rng: np.random.Generator) -> np.ndarray:
             simulated = (
@@ -83,7 +84,7 @@ class PreparedData:
                 return base
             epoch_values = swap_within_class(values, labels, settings.swap_share, rng)
             epoch_values = cell_noise(
-                epoch_values, settings.cell_noise_share, settings.cell_noise, rng
+                epoch_values, settings.cell_noise_share, settings.cell_noise, rng, scale=means
             )
             stats = (
                 pseudo_deployment(values, labels, self.preprocessor.columns, rng)
