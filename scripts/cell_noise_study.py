@@ -72,7 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("training", help="labelled incidents")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--noise", type=float, default=0.1, help="offsets U(0, noise) times the KPI mean")
+    parser.add_argument(
+        "--noise", type=float, default=0.1, help="offsets U(0, noise) times the KPI mean"
+    )
     args = parser.parse_args()
     settings = load_settings()
     unique, groups = distinct_incidents(read_incidents(args.training), settings)
